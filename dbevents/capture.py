@@ -1,0 +1,771 @@
+"""Capture: the execute wrapper that turns writes to registered tables into pending events, and
+the transaction bookkeeping that publishes them after COMMIT.
+
+How the affected rows are found, per statement (see README, "How capture works"):
+
+* PostgreSQL and SQLite (INSERT/UPDATE/DELETE) and MariaDB (INSERT, single-table DELETE): the
+  statement gets ``RETURNING <the table's columns>`` appended (or extended). The rows come back
+  with the statement itself -- exact under concurrency, no extra query -- and Django is handed
+  exactly the result it would have had (:class:`ReplayCursor`).
+* MySQL/MariaDB UPDATE and multi-table DELETE: the keys come from the statement's parameters
+  when the WHERE clause is a primary-key filter, else from ``SELECT ... FOR UPDATE`` with the same
+  WHERE, and the statement is then restricted to those keys so that rows inserted concurrently
+  cannot slip in unseen. Autocommit statements run in a short transaction of their own.
+
+Row images are kept per table and per row ("parts"); an event's instance is rebuilt from them
+with ``Model.from_db`` after the database converters ran. Missing parts (MySQL updates, the parent
+table of a multi-table-inheritance child) are loaded in one query per table, before any later
+statement could change them and at the latest just before COMMIT.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from dbevents import conf, runtime
+from dbevents.registry import ModelEntry, TableInfo, get_registry
+from dbevents.sql import Statement, analyse, params_between, pk_only_where, values_rows, write_target
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models import Model
+
+    from dbevents.events import Event
+
+logger = logging.getLogger("dbevents")
+
+CREATED, UPDATED, DELETED = "created", "updated", "deleted"
+_INTEGER_TYPES = frozenset(
+    {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+     "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField"}
+)
+
+
+@dataclass(eq=False)
+class Group:
+    """A future event: one row changed by one statement (for multi-table inheritance, by the
+    statements of one save that wrote the row's parent and child tables)."""
+
+    order: tuple[int, int]
+    root: type[Model]
+    pk: Any
+    action: str
+    table: TableInfo                     # deepest table written so far
+    tables: set[str]
+    parts: dict[str, tuple[Any, ...]]    # table key -> converted values of its local fields
+    sids: frozenset[Any]
+    mutes: tuple[runtime.Mute, ...]
+    entry: ModelEntry | None = None
+    instance: Model | None = None
+
+    @property
+    def key(self) -> tuple[type[Model], Any]:
+        return (self.root, self.pk)
+
+
+class ReplayCursor:
+    """Stands in for the driver cursor after capture consumed a statement's result.
+
+    It replays the rows Django expects (its own RETURNING columns, without the ones capture
+    added) or presents "no result set" when capture added the RETURNING clause itself, and puts
+    the real cursor back as soon as the next statement runs on it.
+    """
+
+    def __init__(self, wrapper: Any, raw: Any, rows: list[tuple[Any, ...]] | None,
+                 description: Any, rowcount: int | None = None) -> None:
+        self._wrapper = wrapper
+        self.raw = raw
+        self._rows = rows or []
+        self._pos = 0
+        self.description = description
+        self._rowcount = rowcount
+
+    @property
+    def rowcount(self) -> int:
+        return self.raw.rowcount if self._rowcount is None else self._rowcount
+
+    def _restore(self) -> Any:
+        if self._wrapper.cursor is self:
+            self._wrapper.cursor = self.raw
+        return self.raw
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self._restore().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        return self._restore().executemany(*args, **kwargs)
+
+    def close(self) -> Any:
+        return self._restore().close()
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        if self._pos >= len(self._rows):
+            return None
+        self._pos += 1
+        return self._rows[self._pos - 1]
+
+    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+        size = size or getattr(self.raw, "arraysize", 1) or 1
+        rows = self._rows[self._pos:self._pos + size]
+        self._pos += len(rows)
+        return rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rows = self._rows[self._pos:]
+        self._pos = len(self._rows)
+        return rows
+
+    def __iter__(self) -> Any:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class ConnectionCapture:
+    """Capture state of one ``DatabaseWrapper`` (so: one thread's connection to one alias).
+
+    Installed as the outermost execute wrapper; called for every statement.
+    """
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        self.connection = connection
+        self.paused = False            # set while ``migrate`` runs on this connection
+        self.groups: list[Group] = []  # this transaction's future events, in statement order
+        self.latest: dict[tuple[type[Model], Any], Group] = {}
+        self.incomplete: list[Group] = []
+        self.statement_no = 0          # statements captured on this connection so far
+        self._layouts: dict[type[Model], list[tuple[str, int]]] = {}
+        self._converters: dict[str, list[Any]] = {}
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        """Capture nothing on this connection inside the block."""
+        before, self.paused = self.paused, True
+        try:
+            yield
+        finally:
+            self.paused = before
+
+    # ------------------------------------------------------------------ the execute wrapper
+
+    def __call__(self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        if type(sql) is not str or self.paused:
+            return execute(sql, params, many, context)
+        target = write_target(sql)
+        if target is None:
+            return execute(sql, params, many, context)
+        return self._capture(target, execute, sql, params, many, context)
+
+    def _capture(self, target: tuple[str, str], execute: Callable[..., Any], sql: str, params: Any,
+                 many: bool, context: dict[str, Any]) -> Any:
+        if not conf.get("DBEVENTS_ENABLED"):
+            return execute(sql, params, many, context)
+        registry = get_registry()
+        kind, key = target
+        if kind == "unsupported":
+            self._warn_unsupported(sql, registry.tables)
+            return execute(sql, params, many, context)
+        info = registry.tables.get(key)
+        if info is None:
+            return execute(sql, params, many, context)
+        mutes = runtime.mutes.get()
+        if mutes and runtime.mutes_everything(mutes, self._labels(info)):
+            return execute(sql, params, many, context)
+        if many:
+            return self._executemany(sql, params, context)
+        try:
+            stmt = analyse(sql, self.connection.vendor)
+        except Exception:
+            logger.exception("dbevents: could not analyse a write to %s on %r; its events are lost",
+                             info.model._meta.label, self.connection.alias)
+            stmt = None
+        if stmt is None:
+            logger.error("dbevents: a write to %s on %r has a shape capture cannot follow; no events "
+                         "for it: %.300s", info.model._meta.label, self.connection.alias, sql)
+            return execute(sql, params, many, context)
+        autocommit = not self.connection.in_atomic_block and self.connection.get_autocommit()
+        if self._uses_returning(stmt):
+            result = self._run_returning(stmt, info, execute, params, context, mutes)
+        elif self.connection.vendor == "mysql" and autocommit:
+            result = self._in_raw_transaction(lambda: self._run_selecting(stmt, info, execute, params, context, mutes, True))
+        else:
+            result = self._run_selecting(stmt, info, execute, params, context, mutes, False)
+        if autocommit and self.groups:
+            self.flush_committed()
+        return result
+
+    def _next_statement(self) -> int:
+        self.statement_no += 1
+        return self.statement_no
+
+    def _labels(self, info: TableInfo) -> list[str]:
+        return [e.model._meta.label for e in ([info.entry] if info.entry else []) + list(info.descendants)]
+
+    def _warn_unsupported(self, sql: str, tables: dict[str, TableInfo]) -> None:
+        lowered = sql.lower()
+        hit = [t for t in tables if t.rsplit(".", 1)[-1] in lowered]
+        if hit:
+            logger.warning(
+                "dbevents: a statement dbevents cannot capture (CTE, MERGE, TRUNCATE or multi-table "
+                "UPDATE) mentions registered table(s) %s on %r; it produces no events: %.300s",
+                ", ".join(sorted(set(hit))), self.connection.alias, sql,
+            )
+
+    def _executemany(self, sql: str, params: Any, context: dict[str, Any]) -> Any:
+        # RETURNING cannot be used with executemany on any of the drivers, so each parameter set
+        # runs as its own execute() -- through every execute wrapper, this one included.
+        wrapper = context["cursor"]
+        total = 0
+        for one in list(params):
+            wrapper.execute(sql, one)
+            count = wrapper.cursor.rowcount
+            total += max(count, 0) if count is not None else 0
+        raw = wrapper.cursor.raw if isinstance(wrapper.cursor, ReplayCursor) else wrapper.cursor
+        wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=total)
+        return None
+
+    # ------------------------------------------------------------------ RETURNING path
+
+    def _uses_returning(self, stmt: Statement) -> bool:
+        conn = self.connection
+        if not conn.features.can_return_columns_from_insert:
+            return False
+        if conn.vendor in ("postgresql", "sqlite"):
+            return True
+        if conn.vendor == "mysql" and getattr(conn, "mysql_is_mariadb", False):
+            return stmt.kind == "insert" or (stmt.kind == "delete" and not stmt.multi_table_delete)
+        return False
+
+    def _run_returning(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any], params: Any,
+                       context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
+        qn = self.connection.ops.quote_name
+        columns = [f"{stmt.ref}.{qn(f.column)}" for f in info.fields]
+        xmax = stmt.upsert and self.connection.vendor == "postgresql"
+        if xmax:
+            columns.append(f"({stmt.ref}.xmax = 0)")
+        action = {"insert": CREATED, "update": UPDATED, "delete": DELETED}[stmt.kind]
+        existing = None
+        if stmt.upsert and not xmax:
+            existing = self._existing_before_upsert(stmt, info, params)
+        pks = self._statement_pks(stmt, info, params)
+        self._settle_conflicts(info, action, pks, stmt.kind == "insert" and not stmt.upsert)
+        if stmt.returning is not None:
+            sql = f"{stmt.sql[:stmt.end]}, {', '.join(columns)}{stmt.sql[stmt.end:]}"
+        else:
+            sql = f"{stmt.sql[:stmt.end]} RETURNING {', '.join(columns)}{stmt.sql[stmt.end:]}"
+        result = execute(sql, params, False, context)
+        wrapper = context["cursor"]
+        raw = wrapper.cursor
+        with self.connection.wrap_database_errors:
+            rows = raw.fetchall()
+            description = raw.description
+        ours = len(columns)
+        if stmt.returning is not None:
+            wrapper.cursor = ReplayCursor(wrapper, raw, [tuple(r[:-ours]) for r in rows], description[:-ours])
+        else:
+            wrapper.cursor = ReplayCursor(wrapper, raw, None, None)
+        try:
+            values = [tuple(r[-ours:]) for r in rows]
+            recorded = []
+            for value in values:
+                if xmax:
+                    act = CREATED if value[-1] else UPDATED
+                    value = value[:-1]
+                else:
+                    act = action
+                converted = self._convert(info, value)
+                if existing is not None and act == CREATED and self._existed(info, converted, existing):
+                    act = UPDATED
+                recorded.append((self._pk_of(info, converted), converted, act))
+            self._record(info, self._next_statement(), recorded, mutes)
+        except Exception:
+            logger.exception("dbevents: events of a %s on %s (%r) are lost: its rows could not be read",
+                             stmt.keyword.upper(), info.model._meta.label, self.connection.alias)
+        return result
+
+    def _existing_before_upsert(self, stmt: Statement, info: TableInfo, params: Any) -> Any:
+        """What tells created from updated rows of an upsert where RETURNING cannot: the keys
+        among the statement's own that exist already, else the highest key before it."""
+        rows = values_rows(stmt, params)
+        pk_col = info.pk.column.lower()
+        if rows is not None and stmt.columns and pk_col in stmt.columns:
+            idx = stmt.columns.index(pk_col)
+            keys = [info.pk.to_python(r[idx]) for r in rows]
+            return ("keys", set(self._existing_keys(info, keys)))
+        if info.pk.get_internal_type() in _INTEGER_TYPES:
+            qn = self.connection.ops.quote_name
+            found = self._query(f"SELECT MAX({qn(info.pk.column)}) FROM {qn(info.model._meta.db_table)}", ())
+            return ("max", found[0][0] if found and found[0][0] is not None else None)
+        return None
+
+    def _existed(self, info: TableInfo, row: tuple[Any, ...], existing: Any) -> bool:
+        kind, value = existing
+        pk = self._pk_of(info, row)
+        if kind == "keys":
+            return pk in value
+        return value is not None and pk <= value
+
+    # ------------------------------------------------------------------ SELECT ... FOR UPDATE path
+
+    def _run_selecting(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any], params: Any,
+                       context: dict[str, Any], mutes: tuple[runtime.Mute, ...], own_transaction: bool) -> Any:
+        """Databases without RETURNING for this statement (MySQL; MariaDB UPDATE and multi-table
+        DELETE). Runs inside a transaction: the caller's, or one of its own."""
+        action = {"insert": CREATED, "update": UPDATED, "delete": DELETED}[stmt.kind]
+        pk_field = info.pk
+        if stmt.kind == "insert":
+            return self._insert_without_returning(stmt, info, execute, params, context, mutes)
+        sql = stmt.sql
+        known = self._statement_pks(stmt, info, params)
+        deleted_rows: list[tuple[Any, ...]] = []
+        if stmt.kind == "delete":
+            deleted_rows = self._select_rows(stmt, info, params)
+            keys = [self._pk_of(info, r) for r in deleted_rows]
+        elif known is not None:
+            keys = list(known)
+        else:
+            keys = [pk_field.to_python(r[0]) for r in self._select_rows(stmt, info, params, pk_only=True)]
+        self._settle_conflicts(info, action, set(keys), False)
+        if known is None or set(keys) != set(known):
+            sql, params = self._restrict(stmt, info, params, keys)
+        result = execute(sql, params, False, context)
+        order = self._next_statement()
+        if stmt.kind == "delete":
+            self._record(info, order, [(self._pk_of(info, r), r, action) for r in deleted_rows], mutes)
+        else:
+            self._record(info, order, [(k, None, action) for k in keys], mutes)
+            if own_transaction:
+                self._complete(self.incomplete)
+        return result
+
+    def _insert_without_returning(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any],
+                                  params: Any, context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
+        rows = values_rows(stmt, params)
+        pk_col = info.pk.column.lower()
+        given = None
+        if rows is not None and stmt.columns and pk_col in stmt.columns:
+            idx = stmt.columns.index(pk_col)
+            given = [info.pk.to_python(r[idx]) for r in rows]
+        existing: set[Any] = set()
+        if given is not None and (stmt.upsert or stmt.ignore):
+            existing = set(self._existing_keys(info, given))
+        result = execute(stmt.sql, params, False, context)
+        raw = context["cursor"].cursor
+        order = self._next_statement()
+        if given is not None:
+            created = [k for k in given if k not in existing]
+            rows_written = [(k, None, CREATED) for k in created]
+            if stmt.upsert:
+                rows_written += [(k, None, UPDATED) for k in given if k in existing]
+            self._record(info, order, rows_written, mutes)
+        elif stmt.upsert or stmt.ignore:
+            logger.error("dbevents: %s on %s (%r) without primary keys in its values: this database cannot "
+                         "tell which rows it wrote, so it produces no events", stmt.keyword.upper(),
+                         info.model._meta.label, self.connection.alias)
+        else:
+            first, count = raw.lastrowid, raw.rowcount
+            # MySQL reports the first id of a multi-row insert; ids are consecutive for InnoDB
+            # "simple inserts" with auto_increment_increment = 1.
+            self._record(info, order, [(first + i, None, CREATED) for i in range(count)], mutes)
+        return result
+
+    def _in_raw_transaction(self, run: Callable[[], Any]) -> Any:
+        """Run ``run`` in a transaction of the driver's own, invisible to Django's transaction
+        state and query log; used for MySQL autocommit statements that need a locking SELECT."""
+        raw = self.connection.connection
+        with self.connection.wrap_database_errors:
+            raw.autocommit(False)
+        try:
+            result = run()
+        except BaseException:
+            with self.connection.wrap_database_errors:
+                raw.rollback()
+                raw.autocommit(True)
+            self.discard()
+            raise
+        with self.connection.wrap_database_errors:
+            raw.commit()
+            raw.autocommit(True)
+        return result
+
+    def _select_rows(self, stmt: Statement, info: TableInfo, params: Any, pk_only: bool = False) -> list[tuple[Any, ...]]:
+        """SELECT (and lock) the rows an UPDATE/DELETE is about to write, with its own WHERE."""
+        qn = self.connection.ops.quote_name
+        if pk_only:
+            cols = f"{stmt.ref}.{qn(info.pk.column)}"
+        else:
+            cols = ", ".join(f"{stmt.ref}.{qn(f.column)}" for f in info.fields)
+        where, where_params = "", None
+        if stmt.where:
+            where = f" WHERE {stmt.sql[stmt.where[0]:stmt.where[1]]}"
+            where_params = params_between(stmt, params, stmt.where[0], stmt.where[1])
+        tail = stmt.sql[stmt.where_end:stmt.end] if stmt.where_end < stmt.end else ""
+        lock = " FOR UPDATE" if self.connection.features.has_select_for_update else ""
+        rows = self._query(f"SELECT {cols} FROM {stmt.source}{where} {tail}{lock}", where_params)
+        if pk_only:
+            return rows
+        return [self._convert(info, r) for r in rows]
+
+    def _restrict(self, stmt: Statement, info: TableInfo, params: Any, keys: list[Any]) -> tuple[str, Any]:
+        """Limit an UPDATE/DELETE to the rows capture locked, so concurrently inserted rows
+        that match its WHERE cannot be written without an event."""
+        qn = self.connection.ops.quote_name
+        col = f"{stmt.ref}.{qn(info.pk.column)}"
+        prep = [info.pk.get_db_prep_value(k, self.connection) for k in keys]
+        sql = stmt.sql
+        if params is None:
+            sql = sql.replace("%", "%%")
+            params = []
+        if isinstance(params, dict):
+            names = [f"dbevents_pk_{i}" for i in range(len(prep))]
+            marks = ", ".join(f"%({n})s" for n in names)
+            new_params: Any = {**params, **dict(zip(names, prep))}
+        else:
+            marks = ", ".join(["%s"] * len(prep))
+            plist = list(params)
+            cut = stmt.count_params_before(stmt.where_end)
+            new_params = plist[:cut] + prep + plist[cut:]
+        cond = f"{col} IN ({marks})" if prep else "1 = 0"
+        if stmt.where:
+            new_sql = f"{sql[:stmt.where[0]]} ({sql[stmt.where[0]:stmt.where[1]]}) AND {cond} {sql[stmt.where[1]:]}"
+        else:
+            new_sql = f"{sql[:stmt.where_end]} WHERE {cond} {sql[stmt.where_end:]}"
+        return new_sql, new_params
+
+    # ------------------------------------------------------------------ shared helpers
+
+    def _statement_pks(self, stmt: Statement, info: TableInfo, params: Any) -> set[Any] | None:
+        """Keys a statement touches when its own parameters say so; None when they don't."""
+        if stmt.kind == "insert":
+            return None
+        if stmt.where is None or isinstance(params, dict) or not pk_only_where(stmt, info.pk.column):
+            return None
+        values = params_between(stmt, params, stmt.where[0], stmt.where[1])
+        return {info.pk.to_python(v) for v in values}
+
+    def _query(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        """Run capture's own SELECT on a bare driver cursor: no execute wrappers, not in
+        ``connection.queries``, not counted by ``assertNumQueries``."""
+        conn = self.connection
+        conn.ensure_connection()
+        with conn.wrap_database_errors:
+            cursor = conn.create_cursor()
+            try:
+                if params:
+                    cursor.execute(sql, params)
+                else:
+                    cursor.execute(sql)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
+    def _convert(self, info: TableInfo, raw: Iterable[Any]) -> tuple[Any, ...]:
+        converters = self._converters.get(info.key)
+        if converters is None:
+            converters = []
+            for f in info.fields:
+                col = f.cached_col
+                converters.append(
+                    (self.connection.ops.get_db_converters(col) + col.get_db_converters(self.connection), col)
+                )
+            self._converters[info.key] = converters
+        out = []
+        for value, (funcs, col) in zip(raw, converters):
+            for func in funcs:
+                value = func(value, col, self.connection)
+            out.append(value)
+        return tuple(out)
+
+    def _pk_of(self, info: TableInfo, row: tuple[Any, ...]) -> Any:
+        return row[info.fields.index(info.pk)]
+
+    def _existing_keys(self, info: TableInfo, keys: list[Any]) -> list[Any]:
+        found: list[Any] = []
+        qn = self.connection.ops.quote_name
+        for chunk in self._chunks(keys):
+            marks = ", ".join(["%s"] * len(chunk))
+            prep = [info.pk.get_db_prep_value(k, self.connection) for k in chunk]
+            rows = self._query(
+                f"SELECT {qn(info.pk.column)} FROM {qn(info.model._meta.db_table)} WHERE {qn(info.pk.column)} IN ({marks})",
+                prep,
+            )
+            found.extend(info.pk.to_python(r[0]) for r in rows)
+        return found
+
+    def _chunks(self, keys: list[Any]) -> Iterable[list[Any]]:
+        size = self.connection.features.max_query_params or 10_000
+        size = max(1, min(size - 10, 10_000))
+        for i in range(0, len(keys), size):
+            yield keys[i:i + size]
+
+    # ------------------------------------------------------------------ recording
+
+    def _record(self, info: TableInfo, order: int, rows: list[tuple[Any, tuple[Any, ...] | None, str]],
+                mutes: tuple[runtime.Mute, ...]) -> None:
+        """Add one group per row (or merge it into the same object's group: one save of a
+        multi-table-inheritance model writes the parent table, then the child's)."""
+        if not rows:
+            return
+        sids = frozenset(self.connection.savepoint_ids)
+        try:
+            rows = sorted(rows, key=lambda r: r[0])
+        except TypeError:
+            pass
+        label = info.entry.model._meta.label if info.entry else None
+        for index, (pk, values, action) in enumerate(rows):
+            if mutes and label and not info.descendants and runtime.is_muted(mutes, label, pk):
+                continue
+            key = (info.root, pk)
+            group = self.latest.get(key)
+            if (group is not None and group.action == action and info.key not in group.tables
+                    and group.instance is None):
+                group.tables.add(info.key)
+                if info.depth > group.table.depth:
+                    group.table = info
+                if values is not None:
+                    group.parts[info.key] = values
+                continue
+            group = Group(
+                order=(order, index), root=info.root, pk=pk, action=action, table=info,
+                tables={info.key}, parts={info.key: values} if values is not None else {},
+                sids=sids, mutes=mutes,
+            )
+            self.groups.append(group)
+            self.latest[key] = group
+            if values is None or info.depth or info.descendants:
+                self.incomplete.append(group)
+
+    def _settle_conflicts(self, info: TableInfo, action: str, pks: set[Any] | None, inserting: bool) -> None:
+        """Before a statement may change rows whose pending events still lack row data, load
+        that data, so every event carries the row as it stood after its own statement."""
+        if not self.incomplete or inserting:
+            return
+        todo = []
+        for group in self.incomplete:
+            if group.root is not info.root or (pks is not None and group.pk not in pks):
+                continue
+            merges = (pks is not None and group.action == action and info.key not in group.tables
+                      and self.latest.get(group.key) is group)
+            if not merges:
+                todo.append(group)
+        if todo:
+            self._complete(todo)
+
+    # ------------------------------------------------------------------ materialising
+
+    def _complete(self, groups: list[Group]) -> None:
+        """Resolve each group's model and load the row data it still lacks (one query per
+        table). Groups whose row no longer exists, or whose model is not registered, are
+        dropped: they describe no registered object."""
+        if not groups:
+            return
+        pending = [g for g in groups if g.instance is None]
+        registry = get_registry()
+        # Multi-table inheritance: the most derived registered model that has this row.
+        by_table: dict[str, list[Group]] = {}
+        for group in pending:
+            group.entry = group.table.entry
+            if group.table.descendants and group.action != DELETED:
+                by_table.setdefault(group.table.key, []).append(group)
+        for groups_here in by_table.values():
+            unresolved = {g.pk: g for g in groups_here}
+            for desc in groups_here[0].table.descendants:
+                if not unresolved:
+                    break
+                dinfo = registry.tables[_key(desc.model)]
+                for pk in self._existing_keys(dinfo, list(unresolved)):
+                    unresolved.pop(pk).entry = desc
+        # Load missing parts, table by table.
+        need: dict[str, list[Group]] = {}
+        for group in pending:
+            if group.entry is None:
+                continue
+            for model in self._chain(group.entry.model):
+                key = _key(model)
+                if key not in group.parts:
+                    need.setdefault(key, []).append(group)
+        for key, waiting in need.items():
+            tinfo = registry.tables[key]  # every table of a registered model's chain is watched
+            rows = self._load_parts(tinfo, [g.pk for g in waiting])
+            for group in waiting:
+                row = rows.get(group.pk)
+                if row is not None:
+                    group.parts[key] = row
+        done = {id(g) for g in pending}
+        for group in pending:
+            if group.entry is None:
+                logger.debug("dbevents: %s row %r belongs to no registered model", group.table.model._meta.label, group.pk)
+                group.instance = None
+                group.entry = None
+            else:
+                group.instance = self._build(group)
+        self.incomplete = [g for g in self.incomplete if id(g) not in done]
+        dropped = {id(g) for g in pending if g.instance is None}
+        if dropped:
+            self.groups = [g for g in self.groups if id(g) not in dropped]
+
+    def _chain(self, model: type[Model]) -> list[type[Model]]:
+        concrete = model._meta.concrete_model
+        return [concrete, *concrete._meta.get_parent_list()]
+
+    def _load_parts(self, info: TableInfo, pks: list[Any]) -> dict[Any, tuple[Any, ...]]:
+        qn = self.connection.ops.quote_name
+        cols = ", ".join(qn(f.column) for f in info.fields)
+        out: dict[Any, tuple[Any, ...]] = {}
+        for chunk in self._chunks(list(dict.fromkeys(pks))):
+            marks = ", ".join(["%s"] * len(chunk))
+            prep = [info.pk.get_db_prep_value(k, self.connection) for k in chunk]
+            for raw in self._query(
+                f"SELECT {cols} FROM {qn(info.model._meta.db_table)} WHERE {qn(info.pk.column)} IN ({marks})", prep
+            ):
+                row = self._convert(info, raw)
+                out[self._pk_of(info, row)] = row
+        return out
+
+    def _build(self, group: Group) -> Model | None:
+        model = group.entry.model  # type: ignore[union-attr]
+        layout = self._layouts.get(model)
+        if layout is None:
+            layout = []
+            for f in model._meta.concrete_fields:
+                owner = f.model._meta.concrete_model
+                table_fields = owner._meta.local_concrete_fields
+                layout.append((_key(owner), list(table_fields).index(f)))
+            self._layouts[model] = layout
+        values = []
+        for key, index in layout:
+            part = group.parts.get(key)
+            if part is None:
+                logger.debug("dbevents: %s row %r is gone before its event was built", model._meta.label, group.pk)
+                return None
+            values.append(part[index])
+        instance = model.from_db(self.connection.alias, None, values)
+        return instance
+
+    # ------------------------------------------------------------------ transaction lifecycle
+
+    def prepare(self, *, peek: bool = False, after: int = 0) -> list[Event]:
+        """Build this transaction's events (inside it, before COMMIT). Never raises: a failure
+        is logged with the models and keys whose events are lost.
+
+        With ``peek`` the events stay pending (testing helpers); ``after`` then limits them to
+        statements captured after that statement number.
+        """
+        if not self.groups:
+            return []
+        from dbevents.serialization import build_events
+
+        groups = self.groups
+        try:
+            self._complete([g for g in groups if g.instance is None])
+            groups = [g for g in self.groups if g.instance is not None and g.order[0] > after]
+            events = build_events(groups, self.connection.alias)
+        except Exception:
+            logger.exception(
+                "dbevents: the events of a transaction on %r are lost (%s)", self.connection.alias,
+                _describe(groups),
+            )
+            events = []
+        if not peek:
+            self.discard()
+        return events
+
+    def flush_committed(self) -> None:
+        """Publish the events of statements that are already committed (autocommit)."""
+        from dbevents.transport import publish
+
+        publish(self.prepare())
+
+    def discard(self) -> None:
+        """Forget this transaction's events (rollback, close, or handed over for publishing)."""
+        self.groups = []
+        self.latest = {}
+        self.incomplete = []
+
+    def rollback_savepoint(self, sid: str) -> None:
+        """Drop the events recorded since savepoint ``sid``."""
+        if not self.groups:
+            return
+        self.groups = [g for g in self.groups if sid not in g.sids]
+        keep = {id(g) for g in self.groups}
+        self.incomplete = [g for g in self.incomplete if id(g) in keep]
+        self.latest = {}
+        for group in self.groups:
+            self.latest[group.key] = group
+
+
+def _key(model: type[Model]) -> str:
+    from dbevents.registry import table_key
+
+    return table_key(model._meta.db_table)
+
+
+def _describe(groups: list[Group]) -> str:
+    """``"shop.Order pks=[1, 2]; shop.Item pks=[7]"``: which rows a log line is about."""
+    by_model: dict[str, list[Any]] = {}
+    for g in groups:
+        label = (g.entry.model if g.entry else g.table.model)._meta.label
+        by_model.setdefault(label, []).append(g.pk)
+    return "; ".join(
+        f"{label} pks={pks[:20]}{'...' if len(pks) > 20 else ''}" for label, pks in by_model.items()
+    )
+
+
+class CaptureMixin:
+    """Mixin for a ``DatabaseWrapper`` class: adds dbevents capture and nothing else.
+
+    Put it first in the bases of any engine's ``DatabaseWrapper``::
+
+        from django.contrib.gis.db.backends.postgis import base
+
+        class DatabaseWrapper(CaptureMixin, base.DatabaseWrapper):
+            pass
+
+    Then point ``ENGINE`` at the module's package (Django imports ``<ENGINE>.base``).
+    """
+
+    dbevents: ConnectionCapture
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dbevents = ConnectionCapture(self)  # type: ignore[arg-type]
+        # Outermost, so capture sees the SQL as Django wrote it.
+        self.execute_wrappers.insert(0, self.dbevents)  # type: ignore[attr-defined]
+        # Emptying every table (``manage.py flush``, TransactionTestCase teardown) is not a
+        # business event either.
+        flush = self.ops.execute_sql_flush  # type: ignore[attr-defined]
+
+        def execute_sql_flush(sql_list: list[str]) -> None:
+            with self.dbevents.pause():
+                flush(sql_list)
+
+        self.ops.execute_sql_flush = execute_sql_flush  # type: ignore[attr-defined]
+
+    def commit(self) -> None:
+        events = self.dbevents.prepare() if not self.in_atomic_block else []  # type: ignore[attr-defined]
+        super().commit()  # type: ignore[misc]
+        if events:
+            from dbevents.transport import publish
+
+            publish(events)
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()  # type: ignore[misc]
+        finally:
+            self.dbevents.discard()
+
+    def savepoint_rollback(self, sid: str) -> None:
+        super().savepoint_rollback(sid)  # type: ignore[misc]
+        self.dbevents.rollback_savepoint(sid)
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]
+        finally:
+            self.dbevents.discard()

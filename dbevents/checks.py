@@ -1,0 +1,199 @@
+"""System checks for the dbevents settings (``manage.py check``; ids ``dbevents.E0xx`` and
+``dbevents.W0xx``). Every message quotes the bad value; every hint says the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.core import checks
+from django.db import connections
+
+from dbevents import conf
+from dbevents.registry import ENTRY_KEYS, get_registry
+
+
+def _entries() -> tuple[list[dict[str, Any]], list[checks.CheckMessage]]:
+    raw = conf.get("MODELS_CRUD_EVENT")
+    if not isinstance(raw, (list, tuple)):
+        return [], [checks.Error(
+            f"MODELS_CRUD_EVENT must be a list of dicts, not {type(raw).__name__} {raw!r}.",
+            hint='Write MODELS_CRUD_EVENT = [{"model": "app_label.ModelName"}, ...].',
+            id="dbevents.E001",
+        )]
+    good, errors = [], []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            errors.append(checks.Error(
+                f"MODELS_CRUD_EVENT[{i}] must be a dict, not {type(item).__name__} {item!r}.",
+                hint='Write {"model": "app_label.ModelName"}.',
+                id="dbevents.E001",
+            ))
+        else:
+            good.append(item)
+    return good, errors
+
+
+@checks.register("dbevents")
+def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """MODELS_CRUD_EVENT entries: model, serializer, status_field, keys, duplicates."""
+    entries, errors = _entries()
+    seen: dict[Any, int] = {}
+    for i, item in enumerate(entries):
+        where = f"MODELS_CRUD_EVENT[{i}]"
+        unknown = sorted(set(item) - ENTRY_KEYS)
+        if unknown:
+            errors.append(checks.Error(
+                f"{where} has unknown key(s) {', '.join(map(repr, unknown))}.",
+                hint=f"Known keys: {', '.join(sorted(ENTRY_KEYS))}.",
+                id="dbevents.E008",
+            ))
+        label = item.get("model")
+        if not isinstance(label, str) or label.count(".") != 1:
+            errors.append(checks.Error(
+                f"{where} has model {label!r}; expected an 'app_label.ModelName' string.",
+                hint='Write {"model": "shop.Order"}.',
+                id="dbevents.E002",
+            ))
+            continue
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError) as exc:
+            errors.append(checks.Error(
+                f"{where} names model {label!r}, which does not exist ({exc}).",
+                hint="Use the app label and model class name of an installed app, e.g. 'shop.Order'.",
+                id="dbevents.E002",
+            ))
+            continue
+        concrete = model._meta.concrete_model
+        if concrete in seen:
+            errors.append(checks.Error(
+                f"{where} registers {label!r} again (first in MODELS_CRUD_EVENT[{seen[concrete]}]).",
+                hint="Keep one entry per model (proxies share their model's table).",
+                id="dbevents.E005",
+            ))
+        else:
+            seen[concrete] = i
+        pk = model._meta.pk
+        if pk is None or pk.__class__.__name__ == "CompositePrimaryKey":
+            errors.append(checks.Error(
+                f"{where} registers {label!r}, which has a composite primary key.",
+                hint="dbevents needs a single-column primary key; remove the entry.",
+                id="dbevents.E009",
+            ))
+        path = item.get("serializer")
+        if path is not None:
+            errors.extend(_check_serializer(where, label, path))
+        status = item.get("status_field")
+        if status is not None:
+            names = [f.name for f in model._meta.concrete_fields] + [f.attname for f in model._meta.concrete_fields]
+            if status not in names:
+                errors.append(checks.Error(
+                    f"{where} has status_field {status!r}, which is not a field of {label}.",
+                    hint=f"Use one of: {', '.join(sorted(set(f.name for f in model._meta.concrete_fields)))}.",
+                    id="dbevents.E004",
+                ))
+        for key in ("event_name_prefix", "service_name"):
+            value = item.get(key)
+            if value is not None and (not isinstance(value, str) or not value):
+                errors.append(checks.Error(
+                    f"{where} has {key} {value!r}; expected a non-empty string.",
+                    hint=f"Remove {key!r} to use the default, or give a string.",
+                    id="dbevents.E010",
+                ))
+    return errors
+
+
+def _check_serializer(where: str, label: str, path: Any) -> list[checks.CheckMessage]:
+    from django.utils.module_loading import import_string
+
+    if not isinstance(path, str):
+        return [checks.Error(
+            f"{where} has serializer {path!r}; expected a dotted path string.",
+            hint="Write 'shop.serializers.OrderSerializer'.",
+            id="dbevents.E003",
+        )]
+    try:
+        cls = import_string(path)
+    except Exception as exc:
+        return [checks.Error(
+            f"{where} ({label}) has serializer {path!r}, which cannot be imported: {exc}.",
+            hint="Give the dotted path of a rest_framework Serializer class.",
+            id="dbevents.E003",
+        )]
+    from rest_framework.serializers import BaseSerializer
+
+    if not (isinstance(cls, type) and issubclass(cls, BaseSerializer)):
+        return [checks.Error(
+            f"{where} ({label}) has serializer {path!r}, which is not a rest_framework serializer class.",
+            hint="Point it at a subclass of rest_framework.serializers.Serializer.",
+            id="dbevents.E003",
+        )]
+    return []
+
+
+@checks.register("dbevents")
+def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """SERVICE_NAME, AMQP_URI, the DBEVENTS_* settings, and a capturing database."""
+    entries, _ = _entries()
+    errors: list[checks.CheckMessage] = []
+    if not entries:
+        return errors
+    service = conf.get("SERVICE_NAME")
+    if any(not e.get("service_name") for e in entries) and (not isinstance(service, str) or not service):
+        errors.append(checks.Error(
+            f"SERVICE_NAME is {service!r}, but MODELS_CRUD_EVENT has models without a 'service_name'.",
+            hint="Set SERVICE_NAME = 'your_service' (events go to the '<SERVICE_NAME>.events' exchange).",
+            id="dbevents.E006",
+        ))
+    nameko = conf.get("NAMEKO_CONFIG")
+    if nameko is not None and not isinstance(nameko, dict):
+        errors.append(checks.Error(
+            f"NAMEKO_CONFIG must be a dict, not {type(nameko).__name__} {nameko!r}.",
+            hint="Write NAMEKO_CONFIG = {'AMQP_URI': 'amqp://guest:guest@localhost:5672/'}.",
+            id="dbevents.E007",
+        ))
+    elif conf.get("DBEVENTS_TRANSPORT") == "dbevents.transport.NamekoTransport" and not conf.nameko_config().get("AMQP_URI"):
+        errors.append(checks.Error(
+            "No AMQP_URI: neither NAMEKO_CONFIG['AMQP_URI'] nor settings.AMQP_URI is set.",
+            hint="Set NAMEKO_CONFIG = {'AMQP_URI': 'amqp://user:password@host:5672/'} "
+                 "('memory://' for an in-process broker).",
+            id="dbevents.E007",
+        ))
+    for name, kind, low in (
+        ("DBEVENTS_PUBLISH_RETRIES", int, 1), ("DBEVENTS_QUEUE_SIZE", int, 1),
+        ("DBEVENTS_PUBLISH_RETRY_DELAY", (int, float), 0), ("DBEVENTS_PUBLISH_RETRY_MAX_DELAY", (int, float), 0),
+        ("DBEVENTS_SHUTDOWN_TIMEOUT", (int, float), 0),
+    ):
+        value = conf.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind) or value < low:
+            errors.append(checks.Error(
+                f"{name} is {value!r}; expected a number >= {low}.",
+                hint=f"Remove it to use the default {conf.DEFAULTS[name]!r}.",
+                id="dbevents.E011",
+            ))
+    try:
+        from django.utils.module_loading import import_string
+
+        import_string(conf.get("DBEVENTS_TRANSPORT"))
+    except Exception as exc:
+        errors.append(checks.Error(
+            f"DBEVENTS_TRANSPORT is {conf.get('DBEVENTS_TRANSPORT')!r}, which cannot be imported: {exc}.",
+            hint="Remove it to use 'dbevents.transport.NamekoTransport'.",
+            id="dbevents.E011",
+        ))
+    if get_registry().entries and not _capturing_aliases():
+        errors.append(checks.Warning(
+            "MODELS_CRUD_EVENT registers models, but no database uses a dbevents ENGINE, so no events "
+            f"will be produced (engines: {sorted({c.settings_dict['ENGINE'] for c in connections.all()})}).",
+            hint="Set DATABASES['default']['ENGINE'] to 'dbevents.backends.postgresql', '.sqlite3' or '.mysql' "
+                 "(or wrap your engine; see the README).",
+            id="dbevents.W001",
+        ))
+    return errors
+
+
+def _capturing_aliases() -> list[str]:
+    from dbevents.capture import CaptureMixin
+
+    return [c.alias for c in connections.all() if isinstance(c, CaptureMixin)]

@@ -1,0 +1,178 @@
+"""Which tables produce events, and how: built from ``MODELS_CRUD_EVENT`` once the app registry
+is ready, cached, and rebuilt when the setting changes.
+
+Capture looks tables up here by the normalised name it read from the SQL. A table is *watched*
+when it belongs to a registered model or to a concrete parent of one (multi-table inheritance:
+a parent-table UPDATE can change a registered child).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.apps import apps
+from django.utils.module_loading import import_string
+
+from dbevents import conf
+from dbevents.sql import unquote
+
+if TYPE_CHECKING:
+    from django.db.models import Field, Model
+
+logger = logging.getLogger("dbevents")
+
+ENTRY_KEYS = frozenset({"model", "serializer", "status_field", "event_name_prefix", "service_name"})
+
+
+def table_key(db_table: str) -> str:
+    """Normalise ``Meta.db_table`` like a name read from SQL; handles Django's
+    ``'schema"."table'`` idiom for schema-qualified tables."""
+    return unquote('"' + db_table.replace('"."', '"."') + '"') if '"."' in db_table else db_table.lower()
+
+
+def event_prefix(model_name: str) -> str:
+    """The default event-name prefix: the class name in snake case, exactly as
+    django-events-sourcing made it (``StatusModel2`` -> ``status_model2``)."""
+    return re.sub("(?<!^)(?=[A-Z])", "_", model_name).lower()
+
+
+@dataclass
+class ModelEntry:
+    """One entry of ``MODELS_CRUD_EVENT``, resolved."""
+
+    model: type[Model]
+    label: str
+    prefix: str
+    status_field: str | None
+    service_name: str | None
+    serializer_path: str | None
+    _serializer: Any = field(default=None, repr=False)
+
+    def serializer_class(self) -> Any:
+        """The DRF serializer class: the configured one, else a ``ModelSerializer`` with
+        ``fields = "__all__"``; imported or built once."""
+        if self._serializer is None:
+            if self.serializer_path:
+                self._serializer = import_string(self.serializer_path)
+            else:
+                from rest_framework import serializers
+
+                meta = type("Meta", (), {"model": self.model, "fields": "__all__"})
+                self._serializer = type(
+                    f"{self.model.__name__}EventSerializer", (serializers.ModelSerializer,), {"Meta": meta}
+                )
+        return self._serializer
+
+    def service(self) -> str:
+        """The nameko service name the events of this model claim to come from."""
+        return self.service_name or conf.get("SERVICE_NAME")
+
+
+@dataclass
+class TableInfo:
+    """A watched table: the concrete model that owns it and its columns."""
+
+    key: str
+    model: type[Model]
+    fields: tuple[Field, ...]          # local concrete fields, in column order
+    pk: Field                          # the table's own primary key column
+    root: type[Model]                  # root of the inheritance chain: groups events by (root, pk)
+    depth: int                         # number of concrete parents
+    entry: ModelEntry | None           # when the owning model (or a proxy of it) is registered
+    descendants: tuple[ModelEntry, ...]  # registered strict descendants, most derived first
+
+
+class Registry:
+    """Registered models and watched tables."""
+
+    def __init__(self, entries: list[ModelEntry]) -> None:
+        self.entries: dict[type[Model], ModelEntry] = {}
+        self.by_label: dict[str, ModelEntry] = {}
+        for entry in entries:
+            self.entries.setdefault(entry.model, entry)
+            self.by_label.setdefault(entry.label.lower(), entry)
+        self.tables: dict[str, TableInfo] = {}
+        for entry in self.entries.values():
+            concrete = entry.model._meta.concrete_model
+            for model in [concrete, *concrete._meta.get_parent_list()]:
+                self._watch(model)
+
+    def _watch(self, model: type[Model]) -> None:
+        meta = model._meta
+        key = table_key(meta.db_table)
+        if key in self.tables:
+            return
+        chain = [model, *meta.get_parent_list()]
+        root = chain[-1]._meta.concrete_model
+        entry = self.entries.get(model) or next(
+            (e for m, e in self.entries.items() if m._meta.proxy and m._meta.concrete_model is model), None
+        )
+        descendants = sorted(
+            (
+                e for m, e in self.entries.items()
+                if not m._meta.proxy and m is not model and model in m._meta.get_parent_list()
+            ),
+            key=lambda e: -len(e.model._meta.get_parent_list()),
+        )
+        info = TableInfo(
+            key=key, model=model, fields=tuple(meta.local_concrete_fields), pk=meta.pk, root=root,
+            depth=len(meta.get_parent_list()), entry=entry, descendants=tuple(descendants),
+        )
+        self.tables[key] = info
+        # Raw SQL may name a schema-qualified table without its schema (search_path).
+        if "." in key:
+            self.tables.setdefault(key.rsplit(".", 1)[1], info)
+
+
+def build_entries(raw: Any) -> list[ModelEntry]:
+    """Resolve ``MODELS_CRUD_EVENT``; entries the system checks reject are skipped (and
+    logged, since the checks may not have run in this process)."""
+    entries = []
+    for item in raw if isinstance(raw, (list, tuple)) else []:
+        try:
+            label = item["model"]
+            model = apps.get_model(label)
+        except Exception as exc:  # reported in detail by dbevents.E002
+            logger.error("dbevents: MODELS_CRUD_EVENT entry %r is ignored: %s", item, exc)
+            continue
+        entries.append(
+            ModelEntry(
+                model=model,
+                label=model._meta.label,
+                prefix=item.get("event_name_prefix") or event_prefix(model.__name__),
+                status_field=item.get("status_field"),
+                service_name=item.get("service_name"),
+                serializer_path=item.get("serializer"),
+            )
+        )
+    return entries
+
+
+_lock = threading.Lock()
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The registry for the current settings. Empty (and not cached) before apps are ready."""
+    global _registry
+    reg = _registry
+    if reg is not None:
+        return reg
+    if not apps.ready:
+        return Registry([])
+    with _lock:
+        if _registry is None:
+            _registry = Registry(build_entries(conf.get("MODELS_CRUD_EVENT")))
+        return _registry
+
+
+@conf.on_reload
+def reset() -> None:
+    """Forget the cached registry (settings changed)."""
+    global _registry
+    with _lock:
+        _registry = None

@@ -1,0 +1,55 @@
+"""Per-context runtime switches: muted models and event sinks installed by the testing helpers.
+
+Both live in ``ContextVar``s, so they follow the thread or asyncio task that set them and never
+leak into other requests. They are read on the capture path and must stay cheap: an empty tuple
+means "nothing muted" / "no sink".
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from dbevents.events import Event
+
+
+@dataclass(frozen=True)
+class Mute:
+    """One active ``disable_dispatcher`` layer: every model (``labels is None``), some model
+    labels (lower-cased ``app_label.modelname``), or some ``(label, pk)`` objects."""
+
+    labels: frozenset[str] | None
+    objects: frozenset[tuple[str, Any]] = frozenset()
+
+    def mutes(self, label: str, pk: Any) -> bool:
+        if self.objects:
+            return (label, pk) in self.objects
+        return self.labels is None or label in self.labels
+
+
+class Sink(Protocol):
+    """Receives the events of each committed transaction instead of (or as well as) the broker."""
+
+    publish: bool
+
+    def receive(self, events: list[Event]) -> None: ...
+
+
+mutes: ContextVar[tuple[Mute, ...]] = ContextVar("dbevents_mutes", default=())
+sinks: ContextVar[tuple[Sink, ...]] = ContextVar("dbevents_sinks", default=())
+
+
+def is_muted(layers: tuple[Mute, ...], label: str, pk: Any) -> bool:
+    """Whether any of ``layers`` (a snapshot of :data:`mutes`) mutes this row."""
+    label = label.lower()
+    return any(layer.mutes(label, pk) for layer in layers)
+
+
+def mutes_everything(layers: tuple[Mute, ...], labels: list[str]) -> bool:
+    """Whether ``layers`` mute every one of ``labels`` whatever the row (skip capture entirely)."""
+    return all(
+        any(layer.labels is None and not layer.objects or (layer.labels and label.lower() in layer.labels and not layer.objects) for layer in layers)
+        for label in labels
+    )

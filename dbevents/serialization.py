@@ -1,0 +1,88 @@
+"""Serialization: turn a transaction's captured rows into :class:`~dbevents.events.Event` objects.
+
+Runs inside the transaction, just before COMMIT (or right after an autocommit statement). Rows
+are serialized in one ``Serializer(instances, many=True)`` call per model.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from dbevents import events as ev
+from dbevents import runtime
+
+if TYPE_CHECKING:
+    from dbevents.capture import Group
+    from dbevents.registry import ModelEntry
+
+logger = logging.getLogger("dbevents")
+
+
+def event_name(entry: ModelEntry, action: str, instance: Any) -> str:
+    """``<prefix>__<action>``; with ``status_field``, creates and updates are named after the
+    field's value instead (``payment__paid``)."""
+    if entry.status_field and action != "deleted":
+        return f"{entry.prefix}__{getattr(instance, entry.status_field)}"
+    return f"{entry.prefix}__{action}"
+
+
+def header_pk(pk: Any) -> Any:
+    """Primary keys travel as int when they are ints, else as str (AMQP header types)."""
+    return pk if isinstance(pk, int) and not isinstance(pk, bool) else str(pk)
+
+
+def build_events(groups: list[Group], alias: str) -> list[ev.Event]:
+    """Serialize ``groups`` (in statement order) into events with ids, ordinals and headers.
+
+    A serializer that raises loses the events of that model only; the error is logged with
+    the model and keys.
+    """
+    batches: dict[int, tuple[ModelEntry, list[Group]]] = {}
+    for group in groups:
+        entry = group.entry
+        if entry is None or group.instance is None:
+            continue
+        if group.mutes and runtime.is_muted(group.mutes, entry.model._meta.label, group.pk):
+            continue
+        batches.setdefault(id(entry), (entry, []))[1].append(group)
+    payloads: dict[int, Any] = {}
+    for entry, members in batches.values():
+        try:
+            data = entry.serializer_class()([g.instance for g in members], many=True).data
+        except Exception:
+            logger.exception(
+                "dbevents: serializer of %s failed on %r; the events of pks %s are lost",
+                entry.label, alias, [g.pk for g in members][:50],
+            )
+            continue
+        for group, item in zip(members, data):
+            payloads[id(group)] = item
+    kept = [g for g in groups if id(g) in payloads]
+    transaction_id = uuid.uuid4().hex
+    timestamp = datetime.now(timezone.utc).isoformat()
+    out = []
+    for ordinal, group in enumerate(kept, start=1):
+        entry = group.entry
+        assert entry is not None  # kept groups have one
+        out.append(
+            ev.Event(
+                name=event_name(entry, group.action, group.instance),
+                service_name=entry.service(),
+                payload=payloads[id(group)],
+                headers={
+                    ev.HEADER_EVENT_ID: uuid.uuid4().hex,
+                    ev.HEADER_MODEL: entry.label,
+                    ev.HEADER_PK: header_pk(group.pk),
+                    ev.HEADER_ACTION: group.action,
+                    ev.HEADER_ALIAS: alias,
+                    ev.HEADER_TRANSACTION_ID: transaction_id,
+                    ev.HEADER_ORDINAL: ordinal,
+                    ev.HEADER_TRANSACTION_SIZE: len(kept),
+                    ev.HEADER_TIMESTAMP: timestamp,
+                },
+            )
+        )
+    return out

@@ -1,0 +1,81 @@
+"""Settings of the test project. DBEVENTS_TEST_DB picks the database: sqlite (default),
+postgresql or mysql (MariaDB); the servers are the local ones described in the README."""
+
+import os
+
+DB = os.environ.get("DBEVENTS_TEST_DB", "sqlite")
+
+SECRET_KEY = "dbevents-tests"
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "rest_framework",
+    "dbevents",
+    "tests.test_app",
+    "tests.shop",
+]
+
+_DATABASES = {
+    "sqlite": {
+        "ENGINE": "dbevents.backends.sqlite3",
+        "NAME": os.environ.get("DBEVENTS_TEST_SQLITE", "/tmp/dbevents-test.sqlite3"),
+        "TEST": {"NAME": os.environ.get("DBEVENTS_TEST_SQLITE", "/tmp/dbevents-test.sqlite3")},
+    },
+    "postgresql": {
+        "ENGINE": "dbevents.backends.postgresql",
+        "NAME": "test",
+        "USER": "postgres",
+        "HOST": os.environ.get("DBEVENTS_TEST_PG_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("DBEVENTS_TEST_PG_PORT", "5432"),
+    },
+    "mysql": {
+        "ENGINE": "dbevents.backends.mysql",
+        "NAME": "test",
+        "USER": "root",
+        "PASSWORD": "",
+        "HOST": os.environ.get("DBEVENTS_TEST_MYSQL_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("DBEVENTS_TEST_MYSQL_PORT", "3306"),
+        "OPTIONS": {"charset": "utf8mb4"},
+    },
+}
+DATABASES = {"default": _DATABASES[DB]}
+# A second SQLite database: each alias is captured on its own.
+DATABASES["other"] = {
+    "ENGINE": "dbevents.backends.sqlite3",
+    "NAME": "/tmp/dbevents-other.sqlite3",
+    "TEST": {"NAME": "/tmp/dbevents-other-test.sqlite3"},
+}
+
+SERVICE_NAME = "test_service"
+# The in-process broker; the RabbitMQ tests switch to DBEVENTS_TEST_AMQP_URI.
+NAMEKO_CONFIG = {"AMQP_URI": "memory://"}
+AMQP_URI_RABBITMQ = os.environ.get("DBEVENTS_TEST_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
+
+MODELS_CRUD_EVENT = [
+    {"model": "test_app.Model1", "serializer": "tests.test_app.serializers.Model1Serializer"},
+    {"model": "test_app.StatusModel", "status_field": "status"},
+    {"model": "test_app.StatusModel2", "status_field": "state"},
+    {"model": "shop.Customer"},
+    {"model": "shop.Order", "serializer": "tests.shop.serializers.OrderSerializer"},
+    {"model": "shop.Item", "event_name_prefix": "line"},
+    {"model": "shop.Product"},
+    {"model": "shop.Review"},
+    {"model": "shop.Payment", "status_field": "status"},
+    {"model": "shop.Refund", "service_name": "billing"},
+    {"model": "shop.Coupon"},
+    {"model": "shop.Counter"},
+    {"model": "shop.Place"},
+    {"model": "shop.Restaurant"},
+]
+
+DBEVENTS_PUBLISH_RETRY_DELAY = 0.05
+DBEVENTS_PUBLISH_RETRY_MAX_DELAY = 0.2
+DBEVENTS_PUBLISH_RETRIES = 3
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"dbevents": {"handlers": ["console"], "level": "WARNING"}},
+}

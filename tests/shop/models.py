@@ -1,0 +1,80 @@
+"""A small shop: the models the dbevents suite writes to."""
+
+import uuid
+
+from django.db import models
+
+
+class Customer(models.Model):
+    name = models.CharField(max_length=100)
+    email = models.EmailField(blank=True)
+
+
+class Order(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="orders")
+    number = models.IntegerField()
+    status = models.CharField(max_length=20, default="new")
+    total = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    created = models.DateTimeField(auto_now_add=True)
+    paid = models.BooleanField(default=False)
+
+
+class Item(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="items")
+    sku = models.CharField(max_length=20)
+    qty = models.IntegerField(default=1)
+
+
+class Product(models.Model):
+    sku = models.CharField(max_length=20, unique=True)
+    name = models.CharField(max_length=100)
+    stock = models.IntegerField(default=0)
+    data = models.JSONField(default=dict)
+
+
+class Review(models.Model):
+    product = models.ForeignKey(Product, on_delete=models.SET_NULL, null=True, related_name="reviews")
+    text = models.CharField(max_length=200)
+
+
+class Payment(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, null=True)
+    status = models.CharField(max_length=20, default="pending")
+    amount = models.IntegerField(default=0)
+
+
+class Refund(models.Model):
+    amount = models.IntegerField()
+
+
+class Coupon(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    code = models.CharField(max_length=20)
+
+
+class Counter(models.Model):
+    """No relations and no signals: Django deletes these on its fast path."""
+    value = models.IntegerField()
+
+
+class Note(models.Model):
+    """Not registered: writes to it produce nothing."""
+    text = models.CharField(max_length=100)
+
+
+class Place(models.Model):
+    name = models.CharField(max_length=100)
+    address = models.CharField(max_length=100, default="")
+
+
+class Restaurant(Place):
+    serves_pizza = models.BooleanField(default=False)
+
+
+class Pizzeria(Restaurant):
+    oven = models.CharField(max_length=20, default="wood")
+
+
+class Bar(Place):
+    """A registered parent (Place) with an unregistered child: its events are Place events."""
+    happy_hour = models.BooleanField(default=False)
