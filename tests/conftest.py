@@ -76,6 +76,7 @@ class Consumer:
             exchange.declare()
             self.queue.bind_to(exchange, routing_key="#")
         self.received: list[Any] = []
+        self.service = services[0]
 
     def drain(self) -> list[Any]:
         """Everything published so far (waits for the publisher thread to finish first)."""
@@ -122,15 +123,21 @@ class Received:
 
 @pytest.fixture
 def broker(rabbitmq_uri: str) -> Any:
-    """Publish to the real RabbitMQ and consume what arrives: ``broker.drain()``."""
+    """Publish to the real RabbitMQ and consume what arrives: ``broker.drain()``.
+
+    SERVICE_NAME is made unique (``broker.service``) so concurrent runs on one broker never see
+    each other's events."""
     from dbevents import transport
 
-    with override_settings(NAMEKO_CONFIG={"AMQP_URI": rabbitmq_uri}):
-        consumer = Consumer(rabbitmq_uri, ["test_service", "billing"])
+    service = f"test_service_{uuid.uuid4().hex[:8]}"
+    with override_settings(NAMEKO_CONFIG={"AMQP_URI": rabbitmq_uri}, SERVICE_NAME=service):
+        consumer = Consumer(rabbitmq_uri, [service, "billing"])
+        consumer.service = service
         try:
             yield consumer
             transport.wait(30)
         finally:
+            consumer.channel.exchange_delete(f"{service}.events")
             consumer.close()
 
 

@@ -19,8 +19,8 @@ INSTALLED_APPS = [
 _DATABASES = {
     "sqlite": {
         "ENGINE": "dbevents.backends.sqlite3",
-        "NAME": os.environ.get("DBEVENTS_TEST_SQLITE", "/tmp/dbevents-test.sqlite3"),
-        "TEST": {"NAME": os.environ.get("DBEVENTS_TEST_SQLITE", "/tmp/dbevents-test.sqlite3")},
+        # In-memory (shared between the test's threads): fast, and nothing left on disk.
+        "NAME": ":memory:",
     },
     "postgresql": {
         "ENGINE": "dbevents.backends.postgresql",
@@ -41,11 +41,7 @@ _DATABASES = {
 }
 DATABASES = {"default": _DATABASES[DB]}
 # A second SQLite database: each alias is captured on its own.
-DATABASES["other"] = {
-    "ENGINE": "dbevents.backends.sqlite3",
-    "NAME": "/tmp/dbevents-other.sqlite3",
-    "TEST": {"NAME": "/tmp/dbevents-other-test.sqlite3"},
-}
+DATABASES["other"] = {"ENGINE": "dbevents.backends.sqlite3", "NAME": ":memory:"}
 
 SERVICE_NAME = "test_service"
 # The in-process broker; the RabbitMQ tests switch to DBEVENTS_TEST_AMQP_URI.

@@ -1,0 +1,1 @@
+"""A real nameko service that listens to the events the test project publishes."""
