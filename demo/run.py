@@ -71,7 +71,10 @@ class Consumer:
         )
         return name
 
-    def close(self) -> None:
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         self.connection.release()
 
 
@@ -152,7 +155,14 @@ def main() -> int:
     print(f"dbevents demo -- broker: {maybe_sanitize_url(uri)}"
           + ("  (kombu's in-process broker; set AMQP_URI to use RabbitMQ)" if uri.startswith("memory") else ""))
 
-    with tempfile.TemporaryDirectory(prefix="dbevents-demo-") as tmp:
+    try:
+        consumer = Consumer(uri)
+    except Exception as exc:
+        print(f"cannot reach the broker {maybe_sanitize_url(uri)}: {exc}", file=sys.stderr)
+        return 2
+    print("consumer: exclusive queue bound to exchange shop.events with routing key '#'")
+
+    with consumer, tempfile.TemporaryDirectory(prefix="dbevents-demo-") as tmp:
         os.environ["DBEVENTS_DEMO_DB"] = os.path.join(tmp, "demo.sqlite3")
         os.environ["DJANGO_SETTINGS_MODULE"] = "settings"
         import django
@@ -160,20 +170,12 @@ def main() -> int:
         from django.db import connections
 
         django.setup()
-        call_command("migrate", run_syncdb=True, verbosity=0)
-        print(f"database: fresh SQLite file {os.environ['DBEVENTS_DEMO_DB']} (engine dbevents.backends.sqlite3)")
-
         try:
-            consumer = Consumer(uri)
-        except Exception as exc:
-            print(f"cannot reach the broker {maybe_sanitize_url(uri)}: {exc}", file=sys.stderr)
-            return 2
-        print("consumer: exclusive queue bound to exchange shop.events with routing key '#'")
-        try:
+            call_command("migrate", run_syncdb=True, verbosity=0)
+            print(f"database: fresh SQLite file {os.environ['DBEVENTS_DEMO_DB']} (engine dbevents.backends.sqlite3)")
             steps = run(consumer)
         finally:
-            consumer.close()
-            connections.close_all()
+            connections.close_all()  # before the temporary directory goes
 
     if steps.failures:
         print(f"\nFAILED: {len(steps.failures)} step(s) did not receive the expected events:")
