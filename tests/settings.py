@@ -7,6 +7,7 @@ DB = os.environ.get("DBEVENTS_TEST_DB", "sqlite")
 
 SECRET_KEY = "dbevents-tests"
 USE_TZ = True
+TIME_ZONE = "UTC"
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
