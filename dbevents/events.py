@@ -34,6 +34,9 @@ class Event:
     service_name: str
     payload: Any
     headers: dict[str, Any] = field(default_factory=dict)
+    #: Where the event came from (alias, statement number, row index): lets the testing helpers
+    #: recognise an event they already collected from a transaction that then committed.
+    origin: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def id(self) -> str:

@@ -66,7 +66,8 @@ def build_events(groups: list[Group], alias: str) -> list[ev.Event]:
     out = []
     for ordinal, group in enumerate(kept, start=1):
         entry = group.entry
-        assert entry is not None  # kept groups have one
+        if entry is None:  # not reachable: kept groups all have a payload, hence an entry
+            continue
         out.append(
             ev.Event(
                 name=event_name(entry, group.action, group.instance),
@@ -83,6 +84,7 @@ def build_events(groups: list[Group], alias: str) -> list[ev.Event]:
                     ev.HEADER_TRANSACTION_SIZE: len(kept),
                     ev.HEADER_TIMESTAMP: timestamp,
                 },
+                origin=(alias, *group.order),
             )
         )
     return out

@@ -82,9 +82,19 @@ class CapturedEvents(list[Event]):
     """
 
     publish = False
+    _collect: Any = None
 
     def receive(self, events: list[Event]) -> None:
-        self.extend(events)
+        seen = {e.origin for e in self if e.origin}
+        self.extend(e for e in events if not e.origin or e.origin not in seen)
+
+    def collect(self) -> CapturedEvents:
+        """Add the events of statements still waiting for a COMMIT that will never come (Django's
+        ``TestCase``, pytest-django's ``db`` fixture) as they would be published; returns self.
+        Done automatically when the ``capture_events`` block ends."""
+        if self._collect is not None:
+            self._collect()
+        return self
 
     def names(self) -> list[str]:
         """The event names, in order: ``["order__created", "order__paid"]``."""
@@ -120,17 +130,22 @@ class capture_events:  # noqa: N801 -- reads as a context manager
     def __enter__(self) -> CapturedEvents:
         self._marks = {conn.alias: conn.dbevents.statement_no for conn in self._connections()}
         self._token = runtime.sinks.set(runtime.sinks.get() + (self.events,))
+        self.events._collect = self._collect_pending
         return self.events
 
     def __exit__(self, *exc: Any) -> None:
         try:
             if exc[0] is None:
-                for conn in self._connections():
-                    if conn.in_atomic_block and conn.dbevents.groups:
-                        mark = self._marks.get(conn.alias, 0)
-                        self.events.extend(conn.dbevents.prepare(peek=True, after=mark))
+                self._collect_pending()
         finally:
+            self.events._collect = None
             runtime.sinks.reset(self._token)
+
+    def _collect_pending(self) -> None:
+        for conn in self._connections():
+            capture = conn.dbevents
+            if capture.groups and not conn.get_autocommit():
+                self.events.receive(capture.prepare(peek=True, after=self._marks.get(conn.alias, 0)))
 
     def __call__(self, func: Any) -> Any:
         import functools

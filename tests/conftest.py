@@ -15,6 +15,8 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
+pytest_plugins = ["dbevents.pytest_plugin"]
+
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -5,6 +5,10 @@ run), waits until its ``@event_handler`` queues have a consumer, then creates an
 Customer. The service writes every event it handles to a file; the test asserts it got
 ``customer__created`` and ``customer__updated`` with the exact serializer payloads -- i.e. the
 exchange, routing keys and body format dbevents uses are the ones nameko consumes.
+
+Every customer event published to ``test_service.events`` on the same broker (e.g. by a
+concurrent run of this test) reaches the service too, so the customer gets a unique email and
+only the events carrying it are checked.
 """
 
 import json
@@ -42,8 +46,10 @@ def _consumers(uri: str, queue: str) -> int:
             return 0
 
 
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def _events(path: Path, email: str) -> list[dict]:
+    """The events the service recorded for the customer with ``email``."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [e for e in lines if isinstance(e["payload"], dict) and e["payload"].get("email") == email]
 
 
 def _wait_for(condition, timeout: float, proc: subprocess.Popen, what: str, log: Path) -> None:
@@ -59,7 +65,8 @@ def _wait_for(condition, timeout: float, proc: subprocess.Popen, what: str, log:
 @pytest.mark.nameko
 @pytest.mark.django_db(transaction=True)
 def test_nameko_service_receives_events(rabbitmq_uri, tmp_path):
-    service_name = f"dbevents_test_{uuid.uuid4().hex[:12]}"
+    token = uuid.uuid4().hex[:12]
+    service_name, email = f"dbevents_test_{token}", f"{token}@example.com"
     queues = _queue_names(service_name)
     output, log = tmp_path / "events.jsonl", tmp_path / "nameko.log"
     env = dict(
@@ -72,22 +79,25 @@ def test_nameko_service_receives_events(rabbitmq_uri, tmp_path):
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [str(nameko), "run", "--broker", rabbitmq_uri, "tests.nameko_service.service"],
-            cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     try:
         _wait_for(lambda: all(_consumers(rabbitmq_uri, q) for q in queues), 30, proc, "the service to consume", log)
 
         with override_settings(NAMEKO_CONFIG={"AMQP_URI": rabbitmq_uri}):
             with transaction.atomic():
-                c = Customer.objects.create(name="Ann")
+                c = Customer.objects.create(name="Ann", email=email)
             c.name = "Anna"
             c.save()
             assert transport.wait(30), "the dbevents publisher did not finish within 30 s"
 
-        _wait_for(lambda: len(_lines(output)) >= 2, 30, proc, "two events in the output file", log)
-        assert _lines(output) == [
-            {"event": "customer__created", "payload": {"id": c.pk, "name": "Ann", "email": ""}},
-            {"event": "customer__updated", "payload": {"id": c.pk, "name": "Anna", "email": ""}},
+        _wait_for(lambda: len(_events(output, email)) >= 2, 30, proc, "two events in the output file", log)
+        assert _events(output, email) == [
+            {"event": "customer__created", "payload": {"id": c.pk, "name": "Ann", "email": email}},
+            {"event": "customer__updated", "payload": {"id": c.pk, "name": "Anna", "email": email}},
         ]
     finally:
         proc.send_signal(signal.SIGTERM)
