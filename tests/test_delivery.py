@@ -1,0 +1,119 @@
+"""Delivery: the exchange is declared by the publisher, a dead broker never fails or blocks the
+committing request, and every event that cannot be delivered is logged with its id."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+
+from dbevents import transport
+from dbevents.testing import capture_events
+from tests.shop.models import Customer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def dead_broker_uri() -> str:
+    """An address where nothing listens: connections are refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"amqp://guest:guest@127.0.0.1:{port}/"
+
+
+@pytest.mark.rabbitmq
+def test_exchange_is_declared_by_the_publisher(rabbitmq_uri, caplog):
+    from kombu import Connection
+
+    service = f"fresh_{uuid.uuid4().hex[:8]}"
+    with override_settings(NAMEKO_CONFIG={"AMQP_URI": rabbitmq_uri}, SERVICE_NAME=service):
+        Customer.objects.create(name="first event ever")
+        assert transport.wait(30)
+    with Connection(rabbitmq_uri) as conn:
+        channel = conn.channel()
+        # Passive: raises NotFound unless dbevents declared it exactly as nameko does.
+        channel.exchange_declare(f"{service}.events", "topic", durable=True, passive=True)
+        channel.exchange_delete(f"{service}.events")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.rabbitmq
+def test_nameko_exchange_options_are_honoured(rabbitmq_uri):
+    from kombu import Connection
+
+    service = f"nodeclare_{uuid.uuid4().hex[:8]}"
+    config = {"AMQP_URI": rabbitmq_uri, "DECLARE_EVENT_EXCHANGES": False}
+    with override_settings(NAMEKO_CONFIG=config, SERVICE_NAME=service, DBEVENTS_PUBLISH_RETRIES=1):
+        Customer.objects.create(name="x")
+        assert transport.wait(30)
+    with Connection(rabbitmq_uri) as conn:
+        from amqp.exceptions import NotFound
+
+        with pytest.raises(NotFound):
+            conn.channel().exchange_declare(f"{service}.events", "topic", durable=True, passive=True)
+
+
+def test_dead_broker_commits_returns_promptly_and_logs_lost_ids(caplog):
+    caplog.set_level(logging.WARNING, logger="dbevents")
+    with override_settings(
+        NAMEKO_CONFIG={"AMQP_URI": dead_broker_uri()},
+        DBEVENTS_PUBLISH_RETRIES=3, DBEVENTS_PUBLISH_RETRY_DELAY=1.0, DBEVENTS_PUBLISH_RETRY_MAX_DELAY=1.0,
+    ):
+        started = time.monotonic()
+        with capture_events(publish=True) as events:
+            with transaction.atomic():
+                a = Customer.objects.create(name="a")
+                b = Customer.objects.create(name="b")
+        returned_after = time.monotonic() - started
+        # Publishing is still retrying (>= 2 s of back-off) while the request has long returned.
+        assert returned_after < 1.5
+        assert not transport.wait(0)
+        assert transport.wait(30)
+    assert Customer.objects.filter(pk__in=[a.pk, b.pk]).count() == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "could not publish 2 event(s) after 3 attempt(s)" in errors[0]
+    for event in events:
+        assert event.id in errors[0]
+    assert sum("retrying" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING) == 2
+
+
+def test_full_queue_logs_the_events_it_refuses(caplog):
+    with override_settings(
+        NAMEKO_CONFIG={"AMQP_URI": dead_broker_uri()}, DBEVENTS_QUEUE_SIZE=1,
+        DBEVENTS_PUBLISH_RETRIES=2, DBEVENTS_PUBLISH_RETRY_DELAY=0.5,
+    ):
+        with capture_events(publish=True) as events:
+            Customer.objects.create(name="queued")     # taken by the publisher thread
+            Customer.objects.create(name="queued too")  # waits in the queue
+            Customer.objects.create(name="refused")     # over DBEVENTS_QUEUE_SIZE
+        assert transport.wait(30)
+    refused = [r.getMessage() for r in caplog.records if "publish queue is full" in r.getMessage()]
+    assert len(refused) >= 1 and events[-1].id in refused[-1]
+
+
+def test_serializer_failure_never_fails_the_write(caplog):
+    with override_settings(MODELS_CRUD_EVENT=[
+        {"model": "shop.Customer", "serializer": "tests.test_delivery.BrokenSerializer"},
+    ]):
+        with capture_events() as events:
+            with transaction.atomic():
+                c = Customer.objects.create(name="kept")
+    assert Customer.objects.filter(pk=c.pk).exists()
+    assert events == []
+    assert f"serializer of shop.Customer failed on 'default'; the events of pks [{c.pk}] are lost" in caplog.text
+
+
+from rest_framework import serializers  # noqa: E402
+
+
+class BrokenSerializer(serializers.Serializer):
+    name = serializers.SerializerMethodField()
+
+    def get_name(self, obj):
+        raise RuntimeError("boom")
