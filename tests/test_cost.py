@@ -1,0 +1,112 @@
+"""What capture costs in queries: nothing for reads, nothing that assertNumQueries sees, and a
+number of its own queries that does not grow with the number of rows."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from dbevents.capture import ConnectionCapture
+from dbevents.testing import capture_events
+from tests.shop.models import Customer, Item, Order, Product
+
+pytestmark = pytest.mark.django_db(transaction=True)
+MARIADB = connection.vendor == "mysql"
+
+
+@pytest.fixture
+def own_queries(monkeypatch):
+    """Counts the queries dbevents itself runs (on its bare driver cursors)."""
+    calls = []
+    original = ConnectionCapture._query
+
+    def counting(self, sql, params):
+        calls.append(sql)
+        return original(self, sql, params)
+
+    monkeypatch.setattr(ConnectionCapture, "_query", counting)
+    return calls
+
+
+def test_reads_cost_no_query(own_queries):
+    c = Customer.objects.create(name="a")
+    own_queries.clear()
+    with CaptureQueriesContext(connection) as ctx:
+        list(Customer.objects.filter(pk=c.pk))
+        Customer.objects.get(pk=c.pk)
+        Customer.objects.count()
+    assert len(ctx.captured_queries) == 3
+    assert own_queries == []
+
+
+def test_user_query_counts_are_unchanged():
+    """The queries Django logs (what assertNumQueries counts) are the same with capture on
+    and off; only the SQL text differs where RETURNING was added."""
+    from django.test import override_settings
+
+    def workload(tag):
+        c = Customer.objects.create(name=tag)
+        Customer.objects.filter(pk=c.pk).update(name="c")
+        Customer.objects.filter(name="c").update(name="d")
+        Product.objects.bulk_create([Product(sku=f"{tag}{i}", name="p") for i in range(3)])
+        with transaction.atomic():
+            c.name = "e"
+            c.save()
+        c.delete()
+
+    def kinds(enabled, tag):
+        with override_settings(DBEVENTS_ENABLED=enabled), CaptureQueriesContext(connection) as ctx:
+            workload(tag)
+        return [q["sql"].split()[0].upper() for q in ctx.captured_queries]
+
+    with capture_events() as events:
+        on = kinds(True, "on")
+    off = kinds(False, "off")
+    assert on == off
+    assert len(events) == 8
+
+
+@pytest.mark.parametrize("n", [3, 30])
+def test_n_saves_in_one_transaction(own_queries, n):
+    customers = [Customer.objects.create(name=str(i)) for i in range(n)]
+    own_queries.clear()
+    with capture_events() as events, transaction.atomic():
+        for c in customers:
+            c.name += "!"
+            c.save()
+    assert len(events) == n
+    # RETURNING gives the rows with the statements. MariaDB has no UPDATE ... RETURNING: one
+    # query loads all N rows at COMMIT.
+    assert len(own_queries) == (1 if MARIADB else 0)
+
+
+@pytest.mark.parametrize("n", [5, 50])
+def test_filtered_update(own_queries, n):
+    Product.objects.bulk_create([Product(sku=f"s{i}", name="x") for i in range(n)])
+    own_queries.clear()
+    with capture_events() as events:
+        Product.objects.filter(name="x").update(stock=1)
+    assert len(events) == n
+    # MariaDB: SELECT ... FOR UPDATE for the keys, then one load of the rows.
+    assert len(own_queries) == (2 if MARIADB else 0)
+
+
+@pytest.mark.parametrize("n", [10, 100])
+def test_bulk_create(own_queries, n):
+    with capture_events() as events:
+        Product.objects.bulk_create([Product(sku=f"s{i}", name="x") for i in range(n)])
+    assert len(events) == n
+    assert own_queries == []
+
+
+@pytest.mark.parametrize("n", [2, 20])
+def test_cascade_delete(own_queries, n):
+    c = Customer.objects.create(name="c")
+    for i in range(n):
+        Item.objects.create(order=Order.objects.create(customer=c, number=i), sku="s")
+    own_queries.clear()
+    with capture_events() as events:
+        c.delete()
+    assert len(events) == 2 * n + 1
+    assert own_queries == []
