@@ -334,6 +334,8 @@ class ConnectionCapture:
         if known is None or set(keys) != set(known):
             sql, params = self._restrict(stmt, info, params, keys)
         result = execute(sql, params, False, context)
+        if known is not None and stmt.kind == "update":
+            keys = self._matched_keys(info, keys, context["cursor"].cursor.rowcount)
         order = self._next_statement()
         if stmt.kind == "delete":
             self._record(info, order, [(self._pk_of(info, r), r, action) for r in deleted_rows], mutes)
@@ -342,6 +344,16 @@ class ConnectionCapture:
             if own_transaction:
                 self._complete(self.incomplete)
         return result
+
+    def _matched_keys(self, info: TableInfo, keys: list[Any], rowcount: int) -> list[Any]:
+        """The keys of a primary-key UPDATE that matched a row. MySQL reports matched rows
+        (Django connects with CLIENT.FOUND_ROWS); only a partial match needs a look-up, and
+        the rows it finds are the ones this transaction just locked by updating them."""
+        if rowcount == len(keys):
+            return keys
+        if rowcount <= 0:
+            return []
+        return self._existing_keys(info, keys)
 
     def _insert_without_returning(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any],
                                   params: Any, context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:

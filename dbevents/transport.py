@@ -85,9 +85,9 @@ class NamekoTransport:
             )
 
     def close(self) -> None:
-        from kombu import pools
-
-        pools.reset()
+        # Connections stay in kombu's pool (keyed by URI and options), where a broken one is
+        # re-established by the next publish; nothing of other kombu users is touched.
+        self._exchanges.clear()
 
 
 class Dispatcher:
@@ -100,6 +100,7 @@ class Dispatcher:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
+        self._stale = False
 
     def submit(self, events: list[Event]) -> None:
         """Queue a committed transaction's events; returns at once."""
@@ -130,14 +131,9 @@ class Dispatcher:
         return True
 
     def reset_transport(self) -> None:
-        """Drop the transport so the next batch builds one from the current settings."""
-        with self._cond:
-            transport, self._transport = self._transport, None
-        if transport is not None:
-            try:
-                transport.close()
-            except Exception:
-                logger.exception("dbevents: closing the transport failed")
+        """Build the transport anew, from the current settings, before the next batch. Safe to
+        call from any thread: only the publisher thread touches the transport."""
+        self._stale = True
 
     def _run(self) -> None:
         while True:
@@ -159,9 +155,7 @@ class Dispatcher:
         delay = float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY"))
         for attempt in range(1, attempts + 1):
             try:
-                if self._transport is None:
-                    self._transport = import_string(conf.get("DBEVENTS_TRANSPORT"))()
-                self._transport.publish(batch)
+                self._publish(batch)
             except Exception as exc:
                 if attempt == attempts:
                     logger.error(
@@ -173,12 +167,24 @@ class Dispatcher:
                     "dbevents: publishing %d event(s) failed (attempt %d of %d, %s: %s); retrying in %.1fs",
                     len(batch), attempt, attempts, type(exc).__name__, exc, delay,
                 )
-                self.reset_transport()
+                self._stale = True
                 time.sleep(delay)
                 delay = min(delay * 2, float(conf.get("DBEVENTS_PUBLISH_RETRY_MAX_DELAY")))
             else:
                 logger.debug("dbevents: published %d event(s): %s", len(batch), _ids(batch))
                 return
+
+    def _publish(self, batch: list[Event]) -> None:
+        if self._stale and self._transport is not None:
+            transport, self._transport = self._transport, None
+            try:
+                transport.close()
+            except Exception:
+                logger.exception("dbevents: closing the previous transport failed; continuing with a new one")
+        self._stale = False
+        if self._transport is None:
+            self._transport = import_string(conf.get("DBEVENTS_TRANSPORT"))()
+        self._transport.publish(batch)
 
     def shutdown(self) -> None:
         """At interpreter exit: give queued events DBEVENTS_SHUTDOWN_TIMEOUT to go out, then

@@ -43,6 +43,13 @@ _DATABASES = {
 DATABASES = {"default": _DATABASES[DB]}
 # A second SQLite database: each alias is captured on its own.
 DATABASES["other"] = {"ENGINE": "dbevents.backends.sqlite3", "NAME": ":memory:"}
+# Another engine wrapped both documented ways: the generic route and a mixin module.
+DATABASES["wrapped"] = {
+    "ENGINE": "dbevents.backends.generic",
+    "DBEVENTS_WRAPPED_ENGINE": "tests.custom_backend",
+    "NAME": ":memory:",
+}
+DATABASES["mixin"] = {"ENGINE": "tests.custom_backend_dbevents", "NAME": ":memory:"}
 
 SERVICE_NAME = "test_service"
 # The in-process broker; the RabbitMQ tests switch to DBEVENTS_TEST_AMQP_URI.
