@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 demo: $(VENV_DJ52)/.installed
 	$(VENV_DJ52)/bin/python demo/run.py
 
-test: test-dj52 test-dj6
+test: lint test-dj52 test-dj6
 
 test-dj52: $(VENV_DJ52)/.installed
 	@set -e; for db in $(DATABASES); do \
@@ -29,7 +29,7 @@ test-dj6: $(VENV_DJ6)/.installed
 	done
 
 lint: $(VENV_DJ52)/.installed
-	$(VENV_DJ52)/bin/ruff check dbevents tests demo
+	$(VENV_DJ52)/bin/ruff check dbevents tests demo scripts
 	$(VENV_DJ52)/bin/mypy dbevents
 
 # mysqlclient compiles against the MariaDB client library.

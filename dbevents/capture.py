@@ -21,9 +21,10 @@ statement could change them and at the latest just before COMMIT.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from dbevents import conf, runtime
 from dbevents.registry import ModelEntry, TableInfo, get_registry
@@ -204,7 +205,7 @@ class ConnectionCapture:
         return self.statement_no
 
     def _labels(self, info: TableInfo) -> list[str]:
-        return [e.model._meta.label for e in ([info.entry] if info.entry else []) + list(info.descendants)]
+        return [e.label for e in ([info.entry] if info.entry else []) + list(info.descendants)]
 
     def _warn_unsupported(self, sql: str, tables: dict[str, TableInfo]) -> None:
         lowered = sql.lower()
@@ -244,7 +245,7 @@ class ConnectionCapture:
     def _run_returning(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any], params: Any,
                        context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
         qn = self.connection.ops.quote_name
-        columns = [f"{stmt.ref}.{qn(f.column)}" for f in info.fields]
+        columns = [f"{stmt.ref}.{qn(_column(f))}" for f in info.fields]
         xmax = stmt.upsert and self.connection.vendor == "postgresql"
         if xmax:
             columns.append(f"({stmt.ref}.xmax = 0)")
@@ -292,14 +293,14 @@ class ConnectionCapture:
         """What tells created from updated rows of an upsert where RETURNING cannot: the keys
         among the statement's own that exist already, else the highest key before it."""
         rows = values_rows(stmt, params)
-        pk_col = info.pk.column.lower()
+        pk_col = _column(info.pk).lower()
         if rows is not None and stmt.columns and pk_col in stmt.columns:
             idx = stmt.columns.index(pk_col)
             keys = [info.pk.to_python(r[idx]) for r in rows]
             return ("keys", set(self._existing_keys(info, keys)))
         if info.pk.get_internal_type() in _INTEGER_TYPES:
             qn = self.connection.ops.quote_name
-            found = self._query(f"SELECT MAX({qn(info.pk.column)}) FROM {qn(info.model._meta.db_table)}", ())
+            found = self._query(f"SELECT MAX({qn(_column(info.pk))}) FROM {qn(info.model._meta.db_table)}", ())
             return ("max", found[0][0] if found and found[0][0] is not None else None)
         return None
 
@@ -358,7 +359,7 @@ class ConnectionCapture:
     def _insert_without_returning(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any],
                                   params: Any, context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
         rows = values_rows(stmt, params)
-        pk_col = info.pk.column.lower()
+        pk_col = _column(info.pk).lower()
         given = None
         if rows is not None and stmt.columns and pk_col in stmt.columns:
             idx = stmt.columns.index(pk_col)
@@ -409,9 +410,9 @@ class ConnectionCapture:
         """SELECT (and lock) the rows an UPDATE/DELETE is about to write, with its own WHERE."""
         qn = self.connection.ops.quote_name
         if pk_only:
-            cols = f"{stmt.ref}.{qn(info.pk.column)}"
+            cols = f"{stmt.ref}.{qn(_column(info.pk))}"
         else:
-            cols = ", ".join(f"{stmt.ref}.{qn(f.column)}" for f in info.fields)
+            cols = ", ".join(f"{stmt.ref}.{qn(_column(f))}" for f in info.fields)
         where, where_params = "", None
         if stmt.where:
             where = f" WHERE {stmt.sql[stmt.where[0]:stmt.where[1]]}"
@@ -427,7 +428,7 @@ class ConnectionCapture:
         """Limit an UPDATE/DELETE to the rows capture locked, so concurrently inserted rows
         that match its WHERE cannot be written without an event."""
         qn = self.connection.ops.quote_name
-        col = f"{stmt.ref}.{qn(info.pk.column)}"
+        col = f"{stmt.ref}.{qn(_column(info.pk))}"
         prep = [info.pk.get_db_prep_value(k, self.connection) for k in keys]
         sql = stmt.sql
         if params is None:
@@ -436,7 +437,7 @@ class ConnectionCapture:
         if isinstance(params, dict):
             names = [f"dbevents_pk_{i}" for i in range(len(prep))]
             marks = ", ".join(f"%({n})s" for n in names)
-            new_params: Any = {**params, **dict(zip(names, prep))}
+            new_params: Any = {**params, **dict(zip(names, prep, strict=True))}
         else:
             marks = ", ".join(["%s"] * len(prep))
             plist = list(params)
@@ -455,7 +456,7 @@ class ConnectionCapture:
         """Keys a statement touches when its own parameters say so; None when they don't."""
         if stmt.kind == "insert":
             return None
-        if stmt.where is None or isinstance(params, dict) or not pk_only_where(stmt, info.pk.column):
+        if stmt.where is None or isinstance(params, dict) or not pk_only_where(stmt, _column(info.pk)):
             return None
         values = params_between(stmt, params, stmt.where[0], stmt.where[1])
         return {info.pk.to_python(v) for v in values}
@@ -487,7 +488,7 @@ class ConnectionCapture:
                 )
             self._converters[info.key] = converters
         out = []
-        for value, (funcs, col) in zip(raw, converters):
+        for value, (funcs, col) in zip(raw, converters, strict=True):
             for func in funcs:
                 value = func(value, col, self.connection)
             out.append(value)
@@ -503,7 +504,7 @@ class ConnectionCapture:
             marks = ", ".join(["%s"] * len(chunk))
             prep = [info.pk.get_db_prep_value(k, self.connection) for k in chunk]
             rows = self._query(
-                f"SELECT {qn(info.pk.column)} FROM {qn(info.model._meta.db_table)} WHERE {qn(info.pk.column)} IN ({marks})",
+                f"SELECT {qn(_column(info.pk))} FROM {qn(info.model._meta.db_table)} WHERE {qn(_column(info.pk))} IN ({marks})",
                 prep,
             )
             found.extend(info.pk.to_python(r[0]) for r in rows)
@@ -517,7 +518,7 @@ class ConnectionCapture:
 
     # ------------------------------------------------------------------ recording
 
-    def _record(self, info: TableInfo, order: int, rows: list[tuple[Any, tuple[Any, ...] | None, str]],
+    def _record(self, info: TableInfo, order: int, rows: Sequence[tuple[Any, tuple[Any, ...] | None, str]],
                 mutes: tuple[runtime.Mute, ...]) -> None:
         """Add one group per row (or merge it into the same object's group: one save of a
         multi-table-inheritance model writes the parent table, then the child's)."""
@@ -526,7 +527,7 @@ class ConnectionCapture:
         sids = frozenset(self.connection.savepoint_ids)
         try:
             rows = sorted(rows, key=lambda r: r[0])
-        except TypeError:
+        except TypeError:  # keys of mixed types: keep the statement's order
             pass
         label = info.entry.model._meta.label if info.entry else None
         for index, (pk, values, action) in enumerate(rows):
@@ -622,18 +623,18 @@ class ConnectionCapture:
             self.groups = [g for g in self.groups if id(g) not in dropped]
 
     def _chain(self, model: type[Model]) -> list[type[Model]]:
-        concrete = model._meta.concrete_model
+        concrete: Any = model._meta.concrete_model
         return [concrete, *concrete._meta.get_parent_list()]
 
     def _load_parts(self, info: TableInfo, pks: list[Any]) -> dict[Any, tuple[Any, ...]]:
         qn = self.connection.ops.quote_name
-        cols = ", ".join(qn(f.column) for f in info.fields)
+        cols = ", ".join(qn(_column(f)) for f in info.fields)
         out: dict[Any, tuple[Any, ...]] = {}
         for chunk in self._chunks(list(dict.fromkeys(pks))):
             marks = ", ".join(["%s"] * len(chunk))
             prep = [info.pk.get_db_prep_value(k, self.connection) for k in chunk]
             for raw in self._query(
-                f"SELECT {cols} FROM {qn(info.model._meta.db_table)} WHERE {qn(info.pk.column)} IN ({marks})", prep
+                f"SELECT {cols} FROM {qn(info.model._meta.db_table)} WHERE {qn(_column(info.pk))} IN ({marks})", prep
             ):
                 row = self._convert(info, raw)
                 out[self._pk_of(info, row)] = row
@@ -645,9 +646,8 @@ class ConnectionCapture:
         if layout is None:
             layout = []
             for f in model._meta.concrete_fields:
-                owner = f.model._meta.concrete_model
-                table_fields = owner._meta.local_concrete_fields
-                layout.append((_key(owner), list(table_fields).index(f)))
+                owner: Any = f.model._meta.concrete_model  # type: ignore[union-attr]
+                layout.append((_key(owner), list(owner._meta.local_concrete_fields).index(f)))
             self._layouts[model] = layout
         values = []
         for key, index in layout:
@@ -656,7 +656,8 @@ class ConnectionCapture:
                 logger.debug("dbevents: %s row %r is gone before its event was built", model._meta.label, group.pk)
                 return None
             values.append(part[index])
-        instance = model.from_db(self.connection.alias, None, values)
+        names = [f.attname for f in model._meta.concrete_fields]
+        instance = model.from_db(self.connection.alias, names, values)
         return instance
 
     # ------------------------------------------------------------------ transaction lifecycle
@@ -711,6 +712,12 @@ class ConnectionCapture:
             self.latest[group.key] = group
 
 
+def _column(field: Any) -> str:
+    """A concrete field's column name (typed ``str | None`` on ``Field``)."""
+    column: str = field.column
+    return column
+
+
 def _key(model: type[Model]) -> str:
     from dbevents.registry import table_key
 
@@ -721,7 +728,7 @@ def _describe(groups: list[Group]) -> str:
     """``"shop.Order pks=[1, 2]; shop.Item pks=[7]"``: which rows a log line is about."""
     by_model: dict[str, list[Any]] = {}
     for g in groups:
-        label = (g.entry.model if g.entry else g.table.model)._meta.label
+        label = g.entry.label if g.entry else g.table.model._meta.label
         by_model.setdefault(label, []).append(g.pk)
     return "; ".join(
         f"{label} pks={pks[:20]}{'...' if len(pks) > 20 else ''}" for label, pks in by_model.items()

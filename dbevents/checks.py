@@ -21,7 +21,8 @@ def _entries() -> tuple[list[dict[str, Any]], list[checks.CheckMessage]]:
             hint='Write MODELS_CRUD_EVENT = [{"model": "app_label.ModelName"}, ...].',
             id="dbevents.E001",
         )]
-    good, errors = [], []
+    good: list[dict[str, Any]] = []
+    errors: list[checks.CheckMessage] = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             errors.append(checks.Error(
@@ -181,6 +182,16 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             f"DBEVENTS_TRANSPORT is {conf.get('DBEVENTS_TRANSPORT')!r}, which cannot be imported: {exc}.",
             hint="Remove it to use 'dbevents.transport.NamekoTransport'.",
             id="dbevents.E011",
+        ))
+    import sqlite3
+
+    if sqlite3.sqlite_version_info < (3, 35) and any(
+        connections[a].vendor == "sqlite" for a in _capturing_aliases()
+    ):
+        errors.append(checks.Error(
+            f"SQLite {sqlite3.sqlite_version} has no RETURNING clause, which dbevents needs to capture writes on SQLite.",
+            hint="Use a Python built with SQLite 3.35 or later (python -c 'import sqlite3; print(sqlite3.sqlite_version)').",
+            id="dbevents.E012",
         ))
     if get_registry().entries and not _capturing_aliases():
         errors.append(checks.Warning(

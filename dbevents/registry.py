@@ -97,7 +97,7 @@ class Registry:
             self.by_label.setdefault(entry.label.lower(), entry)
         self.tables: dict[str, TableInfo] = {}
         for entry in self.entries.values():
-            concrete = entry.model._meta.concrete_model
+            concrete: Any = entry.model._meta.concrete_model
             for model in [concrete, *concrete._meta.get_parent_list()]:
                 self._watch(model)
 
@@ -106,7 +106,7 @@ class Registry:
         key = table_key(meta.db_table)
         if key in self.tables:
             return
-        chain = [model, *meta.get_parent_list()]
+        chain: list[Any] = [model, *meta.get_parent_list()]
         root = chain[-1]._meta.concrete_model
         entry = self.entries.get(model) or next(
             (e for m, e in self.entries.items() if m._meta.proxy and m._meta.concrete_model is model), None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dbevents import events as ev
@@ -58,11 +58,11 @@ def build_events(groups: list[Group], alias: str) -> list[ev.Event]:
                 entry.label, alias, [g.pk for g in members][:50],
             )
             continue
-        for group, item in zip(members, data):
+        for group, item in zip(members, data, strict=True):
             payloads[id(group)] = item
     kept = [g for g in groups if id(g) in payloads]
     transaction_id = uuid.uuid4().hex
-    timestamp = datetime.now(timezone.utc).isoformat()
+    timestamp = datetime.now(UTC).isoformat()
     out = []
     for ordinal, group in enumerate(kept, start=1):
         entry = group.entry

@@ -7,7 +7,8 @@ or task that activates them.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from django.db import connections
 from django.test.utils import TestContextDecorator

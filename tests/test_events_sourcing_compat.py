@@ -9,14 +9,14 @@ datetime format: these settings use USE_TZ=True, so DRF renders UTC times with a
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from django.test import TestCase, override_settings
 
 from dbevents.testing import capture_events, disable_dispatcher, disable_model_obj_dispatcher
 from tests.test_app.models import Model1, ModelNoEvent, StatusModel, StatusModel2
 
-DT = datetime(2019, 1, 1, tzinfo=timezone.utc)
+DT = datetime(2019, 1, 1, tzinfo=UTC)
 
 
 def fields(**extra):

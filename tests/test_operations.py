@@ -13,7 +13,19 @@ from django.db.models import F
 
 from tests.conftest import names
 from tests.shop.models import (
-    Bar, Coupon, Counter, Customer, Item, Note, Order, Payment, Pizzeria, Place, Product, Refund, Restaurant,
+    Bar,
+    Counter,
+    Coupon,
+    Customer,
+    Item,
+    Note,
+    Order,
+    Payment,
+    Pizzeria,
+    Place,
+    Product,
+    Refund,
+    Restaurant,
     Review,
 )
 
