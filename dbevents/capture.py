@@ -191,14 +191,42 @@ class ConnectionCapture:
             return execute(sql, params, many, context)
         autocommit = not self.connection.in_atomic_block and self.connection.get_autocommit()
         if self._uses_returning(stmt):
-            result = self._run_returning(stmt, info, execute, params, context, mutes)
+            result = self._guarded(self._run_returning, stmt, info, execute, params, context, mutes)
         elif self.connection.vendor == "mysql" and autocommit:
-            result = self._in_raw_transaction(lambda: self._run_selecting(stmt, info, execute, params, context, mutes, True))
+            result = self._in_raw_transaction(
+                lambda: self._guarded(self._run_selecting, stmt, info, execute, params, context, mutes, True)
+            )
         else:
-            result = self._run_selecting(stmt, info, execute, params, context, mutes, False)
+            result = self._guarded(self._run_selecting, stmt, info, execute, params, context, mutes, False)
         if autocommit and self.groups:
             self.flush_committed()
         return result
+
+    def _guarded(self, path: Callable[..., Any], stmt: Statement, info: TableInfo, execute: Callable[..., Any],
+                 params: Any, context: dict[str, Any], *args: Any) -> Any:
+        """Run a capture path so that capture's own failures never fail the write: before the
+        statement ran, it runs unchanged and uncaptured; after, Django gets its result. Both
+        are logged with the events they lose. The statement's own errors propagate."""
+        state: dict[str, Any] = {}
+
+        def run(sql: str, run_params: Any) -> Any:
+            state["ran"] = True
+            state["result"] = execute(sql, run_params, False, context)
+            return state["result"]
+
+        try:
+            return path(stmt, info, run, params, context, *args)
+        except Exception:
+            label, alias = info.model._meta.label, self.connection.alias
+            if "ran" not in state:
+                logger.exception("dbevents: capture failed before a %s on %s (%r); the statement runs uncaptured "
+                                 "and its events are lost: %.300s", stmt.keyword.upper(), label, alias, stmt.sql)
+                return execute(stmt.sql, params, False, context)
+            if "result" not in state:
+                raise  # the statement itself failed
+            logger.exception("dbevents: the events of a %s on %s (%r) are lost: its rows could not be read",
+                             stmt.keyword.upper(), label, alias)
+            return state["result"]
 
     def _next_statement(self) -> int:
         self.statement_no += 1
@@ -242,7 +270,7 @@ class ConnectionCapture:
             return stmt.kind == "insert" or (stmt.kind == "delete" and not stmt.multi_table_delete)
         return False
 
-    def _run_returning(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any], params: Any,
+    def _run_returning(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any], params: Any,
                        context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
         qn = self.connection.ops.quote_name
         columns = [f"{stmt.ref}.{qn(_column(f))}" for f in info.fields]
@@ -259,7 +287,7 @@ class ConnectionCapture:
             sql = f"{stmt.sql[:stmt.end]}, {', '.join(columns)}{stmt.sql[stmt.end:]}"
         else:
             sql = f"{stmt.sql[:stmt.end]} RETURNING {', '.join(columns)}{stmt.sql[stmt.end:]}"
-        result = execute(sql, params, False, context)
+        result = run(sql, params)
         wrapper = context["cursor"]
         raw = wrapper.cursor
         with self.connection.wrap_database_errors:
@@ -270,23 +298,18 @@ class ConnectionCapture:
             wrapper.cursor = ReplayCursor(wrapper, raw, [tuple(r[:-ours]) for r in rows], description[:-ours])
         else:
             wrapper.cursor = ReplayCursor(wrapper, raw, None, None)
-        try:
-            values = [tuple(r[-ours:]) for r in rows]
-            recorded = []
-            for value in values:
-                if xmax:
-                    act = CREATED if value[-1] else UPDATED
-                    value = value[:-1]
-                else:
-                    act = action
-                converted = self._convert(info, value)
-                if existing is not None and act == CREATED and self._existed(info, converted, existing):
-                    act = UPDATED
-                recorded.append((self._pk_of(info, converted), converted, act))
-            self._record(info, self._next_statement(), recorded, mutes)
-        except Exception:
-            logger.exception("dbevents: events of a %s on %s (%r) are lost: its rows could not be read",
-                             stmt.keyword.upper(), info.model._meta.label, self.connection.alias)
+        recorded = []
+        for row in rows:
+            value = tuple(row[-ours:])
+            act = action
+            if xmax:
+                act = CREATED if value[-1] else UPDATED
+                value = value[:-1]
+            converted = self._convert(info, value)
+            if existing is not None and act == CREATED and self._existed(info, converted, existing):
+                act = UPDATED
+            recorded.append((self._pk_of(info, converted), converted, act))
+        self._record(info, self._next_statement(), recorded, mutes)
         return result
 
     def _existing_before_upsert(self, stmt: Statement, info: TableInfo, params: Any) -> Any:
@@ -313,14 +336,14 @@ class ConnectionCapture:
 
     # ------------------------------------------------------------------ SELECT ... FOR UPDATE path
 
-    def _run_selecting(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any], params: Any,
+    def _run_selecting(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any], params: Any,
                        context: dict[str, Any], mutes: tuple[runtime.Mute, ...], own_transaction: bool) -> Any:
         """Databases without RETURNING for this statement (MySQL; MariaDB UPDATE and multi-table
         DELETE). Runs inside a transaction: the caller's, or one of its own."""
         action = {"insert": CREATED, "update": UPDATED, "delete": DELETED}[stmt.kind]
         pk_field = info.pk
         if stmt.kind == "insert":
-            return self._insert_without_returning(stmt, info, execute, params, context, mutes)
+            return self._insert_without_returning(stmt, info, run, params, context, mutes)
         sql = stmt.sql
         known = self._statement_pks(stmt, info, params)
         deleted_rows: list[tuple[Any, ...]] = []
@@ -334,7 +357,7 @@ class ConnectionCapture:
         self._settle_conflicts(info, action, set(keys), False)
         if known is None or set(keys) != set(known):
             sql, params = self._restrict(stmt, info, params, keys)
-        result = execute(sql, params, False, context)
+        result = run(sql, params)
         if known is not None and stmt.kind == "update":
             keys = self._matched_keys(info, keys, context["cursor"].cursor.rowcount)
         order = self._next_statement()
@@ -356,7 +379,7 @@ class ConnectionCapture:
             return []
         return self._existing_keys(info, keys)
 
-    def _insert_without_returning(self, stmt: Statement, info: TableInfo, execute: Callable[..., Any],
+    def _insert_without_returning(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any],
                                   params: Any, context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
         rows = values_rows(stmt, params)
         pk_col = _column(info.pk).lower()
@@ -367,7 +390,7 @@ class ConnectionCapture:
         existing: set[Any] = set()
         if given is not None and (stmt.upsert or stmt.ignore):
             existing = set(self._existing_keys(info, given))
-        result = execute(stmt.sql, params, False, context)
+        result = run(stmt.sql, params)
         raw = context["cursor"].cursor
         order = self._next_statement()
         if given is not None:

@@ -117,3 +117,33 @@ class BrokenSerializer(serializers.Serializer):
 
     def get_name(self, obj):
         raise RuntimeError("boom")
+
+
+def test_capture_failing_before_the_statement_never_fails_the_write(monkeypatch, caplog):
+    from dbevents.capture import ConnectionCapture
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture bug")
+
+    monkeypatch.setattr(ConnectionCapture, "_settle_conflicts", broken)
+    with capture_events() as events:
+        c = Customer.objects.create(name="written anyway")
+        assert Customer.objects.filter(pk=c.pk).update(name="updated anyway") == 1
+    assert Customer.objects.get(pk=c.pk).name == "updated anyway"
+    assert events == []
+    assert "the statement runs uncaptured and its events are lost" in caplog.text
+
+
+def test_capture_failing_after_the_statement_returns_djangos_result(monkeypatch, caplog):
+    from dbevents.capture import ConnectionCapture
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture bug")
+
+    monkeypatch.setattr(ConnectionCapture, "_record", broken)
+    with capture_events() as events:
+        c = Customer.objects.create(name="written anyway")
+        assert Customer.objects.filter(pk=c.pk).update(name="updated anyway") == 1
+    assert c.pk is not None and Customer.objects.get(pk=c.pk).name == "updated anyway"
+    assert events == []
+    assert "are lost: its rows could not be read" in caplog.text
