@@ -6,6 +6,8 @@ PY_DJ52 ?= $(shell scripts/find-python 3.11)
 PY_DJ6  ?= $(shell scripts/find-python 3.13 3.12)
 VENV_DJ52 := .venv-dj52
 VENV_DJ6  := .venv-dj6
+REQ_DJ52  := Django>=5.2,<5.3
+REQ_DJ6   := Django>=6.0,<7
 DATABASES ?= sqlite postgresql mysql
 PYTEST_ARGS ?=
 
@@ -16,17 +18,28 @@ demo: $(VENV_DJ52)/.installed
 
 test: lint test-dj52 test-dj6
 
-test-dj52: $(VENV_DJ52)/.installed
+# $(call run-tests,VENV,LABEL): the suite on each of $(DATABASES).
+define run-tests
 	@set -e; for db in $(DATABASES); do \
-	  echo "=== Django 5.2 / $$db ==="; \
-	  DBEVENTS_TEST_DB=$$db $(VENV_DJ52)/bin/python -m pytest $(PYTEST_ARGS); \
+	  echo "=== $(2) / $$db ==="; \
+	  DBEVENTS_TEST_DB=$$db $(1)/bin/python -m pytest $(PYTEST_ARGS); \
 	done
+endef
+
+# $(call make-venv,VENV,PYTHON,DJANGO REQUIREMENT): a virtualenv with the package and test tools.
+define make-venv
+	@test -n "$(2)" || { echo "no Python interpreter for $(1) (see scripts/find-python)"; exit 1; }
+	rm -rf $(1) && $(2) -m venv $(1)
+	$(1)/bin/pip install -q --upgrade pip
+	$(1)/bin/pip install -q -e ".[postgresql,mysql]" -r requirements-test.txt "$(3)"
+	touch $(1)/.installed
+endef
+
+test-dj52: $(VENV_DJ52)/.installed
+	$(call run-tests,$(VENV_DJ52),Django 5.2)
 
 test-dj6: $(VENV_DJ6)/.installed
-	@set -e; for db in $(DATABASES); do \
-	  echo "=== Django 6 / $$db ==="; \
-	  DBEVENTS_TEST_DB=$$db $(VENV_DJ6)/bin/python -m pytest $(PYTEST_ARGS); \
-	done
+	$(call run-tests,$(VENV_DJ6),Django 6)
 
 lint: $(VENV_DJ52)/.installed
 	$(VENV_DJ52)/bin/ruff check dbevents tests demo scripts
@@ -42,18 +55,10 @@ sysdeps:
 	  fi; }
 
 $(VENV_DJ52)/.installed: setup.cfg pyproject.toml requirements-test.txt | sysdeps
-	@test -n "$(PY_DJ52)" || { echo "Python 3.11 not found"; exit 1; }
-	rm -rf $(VENV_DJ52) && $(PY_DJ52) -m venv $(VENV_DJ52)
-	$(VENV_DJ52)/bin/pip install -q --upgrade pip
-	$(VENV_DJ52)/bin/pip install -q -e ".[postgresql,mysql]" -r requirements-test.txt "Django>=5.2,<5.3"
-	touch $@
+	$(call make-venv,$(VENV_DJ52),$(PY_DJ52),$(REQ_DJ52))
 
 $(VENV_DJ6)/.installed: setup.cfg pyproject.toml requirements-test.txt | sysdeps
-	@test -n "$(PY_DJ6)" || { echo "Python 3.13 or 3.12 (needed by Django 6) not found"; exit 1; }
-	rm -rf $(VENV_DJ6) && $(PY_DJ6) -m venv $(VENV_DJ6)
-	$(VENV_DJ6)/bin/pip install -q --upgrade pip
-	$(VENV_DJ6)/bin/pip install -q -e ".[postgresql,mysql]" -r requirements-test.txt "Django>=6.0,<7"
-	touch $@
+	$(call make-venv,$(VENV_DJ6),$(PY_DJ6),$(REQ_DJ6))
 
 clean:
 	rm -rf $(VENV_DJ52) $(VENV_DJ6) *.egg-info .pytest_cache

@@ -119,13 +119,18 @@ class BrokenSerializer(serializers.Serializer):
         raise RuntimeError("boom")
 
 
-def test_capture_failing_before_the_statement_never_fails_the_write(monkeypatch, caplog):
+def break_capture(monkeypatch, method):
+    """Make one step of capture raise, as a bug in it would."""
     from dbevents.capture import ConnectionCapture
 
     def broken(*args, **kwargs):
         raise RuntimeError("capture bug")
 
-    monkeypatch.setattr(ConnectionCapture, "_settle_conflicts", broken)
+    monkeypatch.setattr(ConnectionCapture, method, broken)
+
+
+def test_capture_failing_before_the_statement_never_fails_the_write(monkeypatch, caplog):
+    break_capture(monkeypatch, "_settle_conflicts")
     with capture_events() as events:
         c = Customer.objects.create(name="written anyway")
         assert Customer.objects.filter(pk=c.pk).update(name="updated anyway") == 1
@@ -135,12 +140,7 @@ def test_capture_failing_before_the_statement_never_fails_the_write(monkeypatch,
 
 
 def test_capture_failing_after_the_statement_returns_djangos_result(monkeypatch, caplog):
-    from dbevents.capture import ConnectionCapture
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("capture bug")
-
-    monkeypatch.setattr(ConnectionCapture, "_record", broken)
+    break_capture(monkeypatch, "_record")
     with capture_events() as events:
         c = Customer.objects.create(name="written anyway")
         assert Customer.objects.filter(pk=c.pk).update(name="updated anyway") == 1
