@@ -48,8 +48,12 @@ def is_muted(layers: tuple[Mute, ...], label: str, pk: Any) -> bool:
 
 
 def mutes_everything(layers: tuple[Mute, ...], labels: list[str]) -> bool:
-    """Whether ``layers`` mute every one of ``labels`` whatever the row (skip capture entirely)."""
-    return all(
-        any(layer.labels is None and not layer.objects or (layer.labels and label.lower() in layer.labels and not layer.objects) for layer in layers)
-        for label in labels
-    )
+    """Whether ``layers`` mute every row of every one of ``labels``, so capture can skip the
+    statement altogether (object-level layers mute rows, never a whole model)."""
+
+    def model_muted(label: str) -> bool:
+        return any(
+            not layer.objects and (layer.labels is None or label in layer.labels) for layer in layers
+        )
+
+    return all(model_muted(label.lower()) for label in labels)
