@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dbevents")
 
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
+_RESTRICT_BY_RANGE = 10_000
 _INTEGER_TYPES = frozenset(
     {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
      "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField"}
@@ -57,8 +58,9 @@ class Group:
     table: TableInfo                     # deepest table written so far
     tables: set[str]
     parts: dict[str, tuple[Any, ...]]    # table key -> converted values of its local fields
-    sids: frozenset[Any]
     mutes: tuple[runtime.Mute, ...]
+    last: int                            # the last statement merged into this group
+    top: int                             # shallowest table depth written (deletes climb the chain)
     entry: ModelEntry | None = None
     instance: Model | None = None
 
@@ -75,18 +77,25 @@ class ReplayCursor:
     the real cursor back as soon as the next statement runs on it.
     """
 
+    _OWN = frozenset({"fetchone", "fetchmany", "fetchall", "execute", "executemany", "close"})
+
     def __init__(self, wrapper: Any, raw: Any, rows: list[tuple[Any, ...]] | None,
-                 description: Any, rowcount: int | None = None) -> None:
+                 description: Any, rowcount: int | None = None, lastrowid: Any = None) -> None:
         self._wrapper = wrapper
         self.raw = raw
         self._rows = rows or []
         self._pos = 0
         self.description = description
         self._rowcount = rowcount
+        self._lastrowid = lastrowid
 
     @property
     def rowcount(self) -> int:
         return self.raw.rowcount if self._rowcount is None else self._rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        return self.raw.lastrowid if self._lastrowid is None else self._lastrowid
 
     def _restore(self) -> Any:
         if self._wrapper.cursor is self:
@@ -124,7 +133,12 @@ class ReplayCursor:
             yield row
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
+        value = getattr(self.raw, name)
+        if callable(value):
+            # Any other cursor method (callproc, nextset, scroll, copy ...) starts something new
+            # on the real cursor: step aside, as for the next execute().
+            self._restore()
+        return value
 
 
 class ConnectionCapture:
@@ -140,6 +154,8 @@ class ConnectionCapture:
         self.latest: dict[tuple[type[Model], Any], Group] = {}
         self.incomplete: list[Group] = []
         self.statement_no = 0          # statements captured on this connection so far
+        self.marks: dict[str, int] = {}  # savepoint id -> statement_no when it was created
+        self.last_mark = 0             # statement_no at the latest savepoint
         self._layouts: dict[type[Model], list[tuple[str, int]]] = {}
         self._converters: dict[str, list[Any]] = {}
 
@@ -172,10 +188,15 @@ class ConnectionCapture:
             self._warn_unsupported(sql, registry.tables)
             return execute(sql, params, many, context)
         info = registry.tables.get(key)
+        if info is None and "." in key:
+            # A schema- or database-qualified name of a table the models name bare.
+            info = registry.tables.get(key.rsplit(".", 1)[1])
         if info is None:
             return execute(sql, params, many, context)
         mutes = runtime.mutes.get()
         if mutes and runtime.mutes_everything(mutes, self._labels(info)):
+            # Unheard, but it may change rows whose earlier events still need their data.
+            self._complete([g for g in self.incomplete if g.root is info.root])
             return execute(sql, params, many, context)
         if many:
             return self._executemany(sql, params, context)
@@ -247,16 +268,21 @@ class ConnectionCapture:
 
     def _executemany(self, sql: str, params: Any, context: dict[str, Any]) -> Any:
         # RETURNING cannot be used with executemany on any of the drivers, so each parameter set
-        # runs as its own execute() -- through every execute wrapper, this one included.
+        # runs as its own execute() -- through every execute wrapper, this one included -- in one
+        # atomic block, so that a failing row undoes the batch as executemany() would.
+        from django.db import transaction
+
         wrapper = context["cursor"]
         total = 0
-        for one in list(params):
-            wrapper.execute(sql, one)
-            count = wrapper.cursor.rowcount
-            total += max(count, 0) if count is not None else 0
+        with transaction.atomic(using=self.connection.alias):
+            for one in list(params):
+                wrapper.execute(sql, one)
+                count = wrapper.cursor.rowcount
+                total += max(count, 0) if count is not None else 0
         raw = wrapper.cursor.raw if isinstance(wrapper.cursor, ReplayCursor) else wrapper.cursor
         wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=total)
-        return None
+        # What the driver's executemany() returns: MySQLdb the row count, sqlite3 the cursor.
+        return {"mysql": total, "sqlite": raw}.get(self.connection.vendor)
 
     # ------------------------------------------------------------------ RETURNING path
 
@@ -273,16 +299,21 @@ class ConnectionCapture:
     def _run_returning(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any], params: Any,
                        context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
         qn = self.connection.ops.quote_name
-        columns = [f"{stmt.ref}.{qn(_column(f))}" for f in info.fields]
+        columns = [f"{_unqualified(stmt.ref)}.{qn(_column(f))}" for f in info.fields]
         xmax = stmt.upsert and self.connection.vendor == "postgresql"
         if xmax:
-            columns.append(f"({stmt.ref}.xmax = 0)")
+            columns.append(f"({_unqualified(stmt.ref)}.xmax = 0)")
         action = {"insert": CREATED, "update": UPDATED, "delete": DELETED}[stmt.kind]
         existing = None
         if stmt.upsert and not xmax:
             existing = self._existing_before_upsert(stmt, info, params)
         pks = self._statement_pks(stmt, info, params)
-        self._settle_conflicts(info, action, pks, stmt.kind == "insert" and not stmt.upsert)
+        replace = stmt.keyword.lower() == "replace" or "or replace" in stmt.sql[:80].lower()
+        if replace:
+            logger.warning("dbevents: %s on %s (%r): the rows it replaces are reported as created only, "
+                           "without a deleted event; prefer an upsert", stmt.keyword.upper(),
+                           info.model._meta.label, self.connection.alias)
+        self._settle_conflicts(info, action, pks, stmt.kind == "insert" and not stmt.upsert and not replace)
         if stmt.returning is not None:
             sql = f"{stmt.sql[:stmt.end]}, {', '.join(columns)}{stmt.sql[stmt.end:]}"
         else:
@@ -309,6 +340,15 @@ class ConnectionCapture:
             if existing is not None and act == CREATED and self._existed(info, converted, existing):
                 act = UPDATED
             recorded.append((self._pk_of(info, converted), converted, act))
+        if stmt.kind == "insert" and stmt.returning is None and self.connection.vendor == "mysql" and recorded:
+            # RETURNING makes MySQLdb report neither the first new id nor upsert's 2-per-update
+            # row count: give Django's cursor what the plain statement would have.
+            created = [pk for pk, _, act in recorded if act == CREATED]
+            wrapper.cursor = ReplayCursor(
+                wrapper, raw, None, None,
+                rowcount=len(created) + 2 * (len(recorded) - len(created)) if stmt.upsert else None,
+                lastrowid=created[0] if created and isinstance(created[0], int) else None,
+            )
         self._record(info, self._next_statement(), recorded, mutes)
         return result
 
@@ -320,7 +360,7 @@ class ConnectionCapture:
         if rows is not None and stmt.columns and pk_col in stmt.columns:
             idx = stmt.columns.index(pk_col)
             keys = [info.pk.to_python(r[idx]) for r in rows]
-            return ("keys", set(self._existing_keys(info, keys)))
+            return ("keys", (set(self._existing_keys(info, keys)), set(keys)))
         if info.pk.get_internal_type() in _INTEGER_TYPES:
             qn = self.connection.ops.quote_name
             found = self._query(f"SELECT MAX({qn(_column(info.pk))}) FROM {qn(info.model._meta.db_table)}", ())
@@ -331,7 +371,9 @@ class ConnectionCapture:
         kind, value = existing
         pk = self._pk_of(info, row)
         if kind == "keys":
-            return pk in value
+            before, given = value
+            # A row that conflicted on another unique key keeps its own, older key.
+            return pk in before or pk not in given
         return value is not None and pk <= value
 
     # ------------------------------------------------------------------ SELECT ... FOR UPDATE path
@@ -436,16 +478,23 @@ class ConnectionCapture:
             cols = f"{stmt.ref}.{qn(_column(info.pk))}"
         else:
             cols = ", ".join(f"{stmt.ref}.{qn(_column(f))}" for f in info.fields)
-        where, where_params = "", None
-        if stmt.where:
-            where = f" WHERE {stmt.sql[stmt.where[0]:stmt.where[1]]}"
-            where_params = params_between(stmt, params, stmt.where[0], stmt.where[1])
+        where = f" WHERE {stmt.sql[stmt.where[0]:stmt.where[1]]}" if stmt.where else ""
         tail = stmt.sql[stmt.where_end:stmt.end] if stmt.where_end < stmt.end else ""
+        # The parameters of the join list (DELETE), WHERE, ORDER BY and LIMIT, in that order.
+        start = stmt.where[0] if stmt.kind == "update" and stmt.where else (stmt.from_start or stmt.where_end)
+        if stmt.kind == "update" and not stmt.where:
+            start = stmt.where_end
+        select_params = params_between(stmt, params, start, stmt.end)
         lock = " FOR UPDATE" if self.connection.features.has_select_for_update else ""
-        rows = self._query(f"SELECT {cols} FROM {stmt.source}{where} {tail}{lock}", where_params)
+        rows = self._query(f"SELECT {cols} FROM {stmt.source}{where} {tail}{lock}", select_params)
+        # A join can meet a row several times.
         if pk_only:
-            return rows
-        return [self._convert(info, r) for r in rows]
+            return list({r[0]: r for r in rows}.values())
+        unique: dict[Any, tuple[Any, ...]] = {}
+        for r in rows:
+            converted = self._convert(info, r)
+            unique.setdefault(self._pk_of(info, converted), converted)
+        return list(unique.values())
 
     def _restrict(self, stmt: Statement, info: TableInfo, params: Any, keys: list[Any]) -> tuple[str, Any]:
         """Limit an UPDATE/DELETE to the rows capture locked, so concurrently inserted rows
@@ -467,6 +516,17 @@ class ConnectionCapture:
             cut = stmt.count_params_before(stmt.where_end)
             new_params = plist[:cut] + prep + plist[cut:]
         cond = f"{col} IN ({marks})" if prep else "1 = 0"
+        if len(prep) > _RESTRICT_BY_RANGE and info.pk.get_internal_type() in _INTEGER_TYPES:
+            # Beyond this many keys a list would strain max_allowed_packet: the range of locked
+            # keys admits only rows inserted meanwhile with explicit keys inside it.
+            low, high = min(prep), max(prep)
+            if isinstance(params, dict):
+                marks_range = "%(dbevents_pk_low)s AND %(dbevents_pk_high)s"
+                new_params = {**params, "dbevents_pk_low": low, "dbevents_pk_high": high}
+            else:
+                marks_range = "%s AND %s"
+                new_params = plist[:cut] + [low, high] + plist[cut:]
+            cond = f"{col} BETWEEN {marks_range}"
         if stmt.where:
             new_sql = f"{sql[:stmt.where[0]]} ({sql[stmt.where[0]:stmt.where[1]]}) AND {cond} {sql[stmt.where[1]:]}"
         else:
@@ -492,10 +552,10 @@ class ConnectionCapture:
         with conn.wrap_database_errors:
             cursor = conn.create_cursor()
             try:
-                if params:
-                    cursor.execute(sql, params)
-                else:
+                if params is None:
                     cursor.execute(sql)
+                else:
+                    cursor.execute(sql, params)
                 return list(cursor.fetchall())
             finally:
                 cursor.close()
@@ -547,7 +607,6 @@ class ConnectionCapture:
         multi-table-inheritance model writes the parent table, then the child's)."""
         if not rows:
             return
-        sids = frozenset(self.connection.savepoint_ids)
         try:
             rows = sorted(rows, key=lambda r: r[0])
         except TypeError:  # keys of mixed types: keep the statement's order
@@ -558,9 +617,10 @@ class ConnectionCapture:
                 continue
             key = (info.root, pk)
             group = self.latest.get(key)
-            if (group is not None and group.action == action and info.key not in group.tables
-                    and group.instance is None):
+            if group is not None and self._merges(group, info, action, order):
                 group.tables.add(info.key)
+                group.last = order
+                group.top = min(group.top, info.depth)
                 if info.depth > group.table.depth:
                     group.table = info
                 if values is not None:
@@ -569,12 +629,25 @@ class ConnectionCapture:
             group = Group(
                 order=(order, index), root=info.root, pk=pk, action=action, table=info,
                 tables={info.key}, parts={info.key: values} if values is not None else {},
-                sids=sids, mutes=mutes,
+                mutes=mutes, last=order, top=info.depth,
             )
             self.groups.append(group)
             self.latest[key] = group
             if values is None or info.depth or info.descendants:
                 self.incomplete.append(group)
+
+    def _merges(self, group: Group, info: TableInfo, action: str, order: int) -> bool:
+        """Whether this statement continues the same object's write rather than making a new
+        event: ``save()`` of a multi-table-inheritance model writes the parent table, then the
+        child's, in consecutive statements; a cascade deletes the child row, then the parent's.
+        Never across a savepoint (it could be rolled back alone)."""
+        if group.action != action or info.key in group.tables or group.instance is not None:
+            return False
+        if group.last <= self.last_mark:
+            return False
+        if action == DELETED:
+            return info.depth < group.top
+        return order == group.last + 1 and info.depth > group.table.depth
 
     def _settle_conflicts(self, info: TableInfo, action: str, pks: set[Any] | None, inserting: bool) -> None:
         """Before a statement may change rows whose pending events still lack row data, load
@@ -585,8 +658,8 @@ class ConnectionCapture:
         for group in self.incomplete:
             if group.root is not info.root or (pks is not None and group.pk not in pks):
                 continue
-            merges = (pks is not None and group.action == action and info.key not in group.tables
-                      and self.latest.get(group.key) is group)
+            merges = (pks is not None and self.latest.get(group.key) is group
+                      and self._merges(group, info, action, self.statement_no + 1))
             if not merges:
                 todo.append(group)
         if todo:
@@ -615,7 +688,9 @@ class ConnectionCapture:
                     break
                 dinfo = registry.tables[_key(desc.model)]
                 for pk in self._existing_keys(dinfo, list(unresolved)):
-                    unresolved.pop(pk).entry = desc
+                    found = unresolved.pop(pk, None)
+                    if found is not None:
+                        found.entry = desc
         # Load missing parts, table by table.
         need: dict[str, list[Group]] = {}
         for group in pending:
@@ -628,8 +703,15 @@ class ConnectionCapture:
         for key, waiting in need.items():
             tinfo = registry.tables[key]  # every table of a registered model's chain is watched
             rows = self._load_parts(tinfo, [g.pk for g in waiting])
+            folded = {_fold(k): k for k in rows}
             for group in waiting:
                 row = rows.get(group.pk)
+                if row is None and group.pk not in rows:
+                    # A key from the statement's parameters that the database matched under a
+                    # case-insensitive or pad-space collation ('abc' for 'ABC'): use the stored one.
+                    stored = folded.get(_fold(group.pk))
+                    if stored is not None:
+                        group.pk, row = stored, rows[stored]
                 if row is not None:
                     group.parts[key] = row
         done = {id(g) for g in pending}
@@ -676,7 +758,8 @@ class ConnectionCapture:
         for key, index in layout:
             part = group.parts.get(key)
             if part is None:
-                logger.debug("dbevents: %s row %r is gone before its event was built", model._meta.label, group.pk)
+                logger.warning("dbevents: %s row %r was not found when its %s event was built; the event is "
+                               "lost", model._meta.label, group.pk, group.action)
                 return None
             values.append(part[index])
         names = [f.attname for f in model._meta.concrete_fields]
@@ -717,22 +800,71 @@ class ConnectionCapture:
 
         publish(self.prepare())
 
+    def prepare_commit(self) -> list[Event]:
+        """:meth:`prepare` at COMMIT. On PostgreSQL any failed query aborts the transaction and
+        would silently turn the COMMIT into a rollback, so building the events runs behind a
+        savepoint there, rolled back to if anything failed."""
+        if not self.groups:
+            return []
+        if self.connection.vendor != "postgresql":
+            return self.prepare()
+        self._execute_own("SAVEPOINT dbevents_prepare")
+        events = self.prepare()
+        if self._pg_transaction_failed():
+            self._execute_own("ROLLBACK TO SAVEPOINT dbevents_prepare")
+        return events
+
+    def _pg_transaction_failed(self) -> bool:
+        raw = self.connection.connection
+        info = getattr(raw, "info", None)  # psycopg 3; psycopg2 has get_transaction_status()
+        status = info.transaction_status if info is not None else raw.get_transaction_status()
+        return int(status) == 3  # libpq's PQTRANS_INERROR
+
+    def _execute_own(self, sql: str) -> None:
+        with self.connection.wrap_database_errors:
+            cursor = self.connection.create_cursor()
+            try:
+                cursor.execute(sql)
+            finally:
+                cursor.close()
+
     def discard(self) -> None:
         """Forget this transaction's events (rollback, close, or handed over for publishing)."""
         self.groups = []
         self.latest = {}
         self.incomplete = []
+        self.marks = {}
+        self.last_mark = self.statement_no
+
+    def mark_savepoint(self, sid: str) -> None:
+        """Remember where savepoint ``sid`` was created (Atomic's and ``transaction.savepoint()``'s)."""
+        self.marks[sid] = self.last_mark = self.statement_no
 
     def rollback_savepoint(self, sid: str) -> None:
-        """Drop the events recorded since savepoint ``sid``."""
-        if not self.groups:
+        """Drop the events of the statements run since savepoint ``sid`` was created."""
+        mark = self.marks.get(sid)
+        if mark is None or not self.groups:
             return
-        self.groups = [g for g in self.groups if sid not in g.sids]
+        self.groups = [g for g in self.groups if g.order[0] <= mark]
         keep = {id(g) for g in self.groups}
         self.incomplete = [g for g in self.incomplete if id(g) in keep]
         self.latest = {}
         for group in self.groups:
             self.latest[group.key] = group
+        # Statements after the rollback must not merge into what stood before it.
+        self.last_mark = self.statement_no
+
+
+def _fold(value: Any) -> Any:
+    return value.casefold().rstrip() if isinstance(value, str) else value
+
+
+def _unqualified(ref: str) -> str:
+    """``main.shop_product`` -> ``shop_product``: SQLite's RETURNING takes no schema, and the
+    bare name is as valid everywhere else."""
+    from dbevents.sql import split_qualified
+
+    return split_qualified(ref)[-1]
 
 
 def _column(field: Any) -> str:
@@ -789,7 +921,7 @@ class CaptureMixin:
         self.ops.execute_sql_flush = execute_sql_flush  # type: ignore[attr-defined]
 
     def commit(self) -> None:
-        events = self.dbevents.prepare() if not self.in_atomic_block else []  # type: ignore[attr-defined]
+        events = self.dbevents.prepare_commit() if not self.in_atomic_block else []  # type: ignore[attr-defined]
         super().commit()  # type: ignore[misc]
         if events:
             from dbevents.transport import publish
@@ -801,6 +933,12 @@ class CaptureMixin:
             super().rollback()  # type: ignore[misc]
         finally:
             self.dbevents.discard()
+
+    def savepoint(self) -> str | None:
+        sid: str | None = super().savepoint()  # type: ignore[misc]
+        if sid is not None:
+            self.dbevents.mark_savepoint(sid)
+        return sid
 
     def savepoint_rollback(self, sid: str) -> None:
         super().savepoint_rollback(sid)  # type: ignore[misc]

@@ -44,6 +44,28 @@ _DELETE_JOIN = re.compile(
     re.I | re.S,
 )
 
+_WRITES = re.compile(r"\b(?:insert|update|delete|merge)\b", re.I)
+
+
+def _target(m: re.Match[str], sql: str) -> str:
+    """The table a DELETE ... FROM join list deletes from: ``DELETE c FROM t AS c`` names the
+    alias; find the table behind it in the join list."""
+    name = m.group("table")
+    if m.re is not _DELETE_JOIN or "." in name:
+        return name
+    wanted = unquote(name)
+    # ``FROM|JOIN|, <table> [AS] <alias>`` in the join list (up to WHERE).
+    entries = re.finditer(
+        rf"(?:\bfrom|\bjoin|,)\s+(?P<t>{_IDENT}(?:\s*\.\s*{_IDENT})?)"
+        rf"(?:\s+(?:as\s+)?(?P<a>(?!(?:inner|left|right|cross|join|on|where|using|natural|straight_join)\b){_IDENT}))?",
+        sql[m.end() - 4:], re.I,
+    )
+    for entry in entries:
+        if entry.group("a") and unquote(entry.group("a")) == wanted:
+            return entry.group("t")
+    return name
+
+
 _KEYWORDS = (
     "where", "returning", "order", "limit", "on", "set", "values", "select", "from",
     "conflict", "duplicate", "do", "group", "having", "window", "union", "for",
@@ -55,7 +77,7 @@ _TOKEN_STD = re.compile(
 )
 # MySQL also ends a string at an unescaped quote only: 'it\'s'.
 _TOKEN_MYSQL = re.compile(
-    r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`|--[^\n]*|#[^\n]*|/\*.*?\*/|[();]|%%|%s|%\((?P<name>\w+)\)s"
+    r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`|--(?=\s|$)[^\n]*|#[^\n]*|/\*.*?\*/|[();]|%%|%s|%\((?P<name>\w+)\)s"
     r"|\b(?P<kw>" + "|".join(_KEYWORDS) + r")\b",
     re.I | re.S,
 )
@@ -80,6 +102,11 @@ def unquote(name: str) -> str:
     return ".".join(out)
 
 
+def split_qualified(name: str) -> list[str]:
+    """The parts of a possibly qualified identifier, quotes kept: ``"a"."b"`` -> ``['"a"', '"b"']``."""
+    return re.findall(_IDENT, name)
+
+
 def write_target(sql: str) -> tuple[str, str] | None:
     """Return ``(kind, normalised table)`` when ``sql`` writes a single table, else None.
 
@@ -101,11 +128,13 @@ def write_target(sql: str) -> tuple[str, str] | None:
     elif kw == "delete":
         m = _DELETE.match(sql) or _DELETE_JOIN.match(sql)
         kind = "delete"
+    elif kw == "with" and not _WRITES.search(sql):
+        return None  # a read that starts with a CTE
     else:
         return ("unsupported", "")
     if m is None:
         return ("unsupported", "")
-    return (kind, unquote(m.group("table")))
+    return (kind, unquote(_target(m, sql)))
 
 
 @dataclass
@@ -153,6 +182,7 @@ def analyse(sql: str, vendor: str) -> Statement | None:
     multi = head.re is _DELETE_JOIN
     alias = head.groupdict().get("alias")
     ref = alias or head.group("table")
+    table = _target(head, sql)
 
     token_re = _TOKEN_MYSQL if vendor == "mysql" else _TOKEN_STD
     depth = 0
@@ -161,8 +191,12 @@ def analyse(sql: str, vendor: str) -> Statement | None:
     first_paren: tuple[int, int] | None = None
     paren_open = -1
     end = len(sql.rstrip())
+    comments: list[tuple[int, int]] = []
     for tok in token_re.finditer(sql, head.end()):
         text = tok.group(0)
+        if text[:2] in ("--", "/*") or text[:1] == "#":
+            comments.append((tok.start(), tok.end()))
+            continue
         if text == "(":
             if depth == 0:
                 paren_open = tok.start()
@@ -183,6 +217,11 @@ def analyse(sql: str, vendor: str) -> Statement | None:
             placeholders.append((tok.start(), tok.group("name")))
         elif tok.group("kw") and depth == 0:
             top.append((tok.group("kw").lower(), tok.start(), tok.end()))
+
+    # Clauses appended at the end must not land inside a trailing comment.
+    while comments and not sql[comments[-1][1]:end].strip():
+        end = comments.pop()[0]
+        end = len(sql[:end].rstrip())
 
     def first(word: str, after: int = 0) -> tuple[str, int, int] | None:
         for item in top:
@@ -241,7 +280,7 @@ def analyse(sql: str, vendor: str) -> Statement | None:
         if v is not None:
             values_start = v[2]
     return Statement(
-        sql=sql, kind=kind, keyword=keyword, table=unquote(head.group("table")), ref=ref,
+        sql=sql, kind=kind, keyword=keyword, table=unquote(table), ref=ref,
         multi_table_delete=multi, source=source, from_start=from_start, set_start=set_start, where=where,
         where_end=where_end, returning=returning, returning_at=returning_at, upsert=upsert, ignore=ignore, columns=columns,
         values_start=values_start, end=end, placeholders=placeholders,

@@ -68,10 +68,18 @@ class disable_model_obj_dispatcher(_Layer):  # noqa: N801 -- the django-events-s
     """
 
     def __init__(self, *objs: Any) -> None:
-        keys = frozenset((o._meta.concrete_model._meta.label.lower(), o.pk) for o in objs)
-        labels = frozenset(o._meta.label.lower() for o in objs)
-        proxies = frozenset((o._meta.label.lower(), o.pk) for o in objs)
-        self.mute = runtime.Mute(labels=labels, objects=keys | proxies)
+        from dbevents.registry import get_registry
+
+        registered = get_registry().entries
+        keys: set[tuple[str, Any]] = set()
+        for obj in objs:
+            concrete = obj._meta.concrete_model
+            # The object's own model, its concrete model, and registered proxies of that model:
+            # whichever label the table's events go out under.
+            labels = {obj._meta.label, concrete._meta.label}
+            labels.update(m._meta.label for m in registered if m._meta.concrete_model is concrete)
+            keys.update((label.lower(), obj.pk) for label in labels)
+        self.mute = runtime.Mute(labels=frozenset(label for label, _ in keys), objects=frozenset(keys))
         super().__init__()
 
 

@@ -101,6 +101,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
         self._stale = False
+        self._current: list[Event] = []   # the batch being published
 
     def submit(self, events: list[Event]) -> None:
         """Queue a committed transaction's events; returns at once."""
@@ -141,12 +142,14 @@ class Dispatcher:
                 while not self._queue:
                     self._cond.wait()
                 batch = self._queue.popleft()
+                self._current = batch
                 self._busy = True
             try:
                 self._deliver(batch)
             finally:
                 with self._cond:
                     self._queued -= len(batch)
+                    self._current = []
                     self._busy = False
                     self._cond.notify_all()
 
@@ -191,7 +194,7 @@ class Dispatcher:
         log the ids of those that did not."""
         if not self.wait(conf.get("DBEVENTS_SHUTDOWN_TIMEOUT")):
             with self._cond:
-                left = [e for batch in self._queue for e in batch]
+                left = list(self._current) + [e for batch in self._queue for e in batch]
             logger.error("dbevents: exiting with %d unpublished event(s); events lost: %s", len(left), _ids(left))
 
 

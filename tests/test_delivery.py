@@ -147,3 +147,32 @@ def test_capture_failing_after_the_statement_returns_djangos_result(monkeypatch,
     assert c.pk is not None and Customer.objects.get(pk=c.pk).name == "updated anyway"
     assert events == []
     assert "are lost: its rows could not be read" in caplog.text
+
+
+class SlowTransport:
+    """Takes its time, as a stalled broker would."""
+
+    def __init__(self):
+        pass
+
+    def publish(self, events):
+        time.sleep(1.0)
+        raise ConnectionError("stalled")
+
+    def close(self):
+        pass
+
+
+def test_exit_names_the_events_still_being_published(caplog):
+    from dbevents.events import Event
+
+    dispatcher = transport.Dispatcher()
+    event = Event(name="customer__created", service_name="s", payload={},
+                  headers={"dbevents.event_id": "e1", "dbevents.model": "shop.Customer", "dbevents.pk": 1})
+    with override_settings(DBEVENTS_TRANSPORT="tests.test_delivery.SlowTransport", DBEVENTS_SHUTDOWN_TIMEOUT=0.2,
+                           DBEVENTS_PUBLISH_RETRIES=1):
+        dispatcher.submit([event])
+        time.sleep(0.1)  # the publisher thread has taken the batch
+        dispatcher.shutdown()
+        assert "exiting with 1 unpublished event(s); events lost: e1 (customer__created shop.Customer pk=1)" in caplog.text
+        dispatcher.wait(5)
