@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dbevents")
 
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
-_RESTRICT_BY_RANGE = 10_000
+_RESTRICT_BY_RANGE = 200_000
 _INTEGER_TYPES = frozenset(
     {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
      "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField"}
@@ -517,8 +517,9 @@ class ConnectionCapture:
             new_params = plist[:cut] + prep + plist[cut:]
         cond = f"{col} IN ({marks})" if prep else "1 = 0"
         if len(prep) > _RESTRICT_BY_RANGE and info.pk.get_internal_type() in _INTEGER_TYPES:
-            # Beyond this many keys a list would strain max_allowed_packet: the range of locked
-            # keys admits only rows inserted meanwhile with explicit keys inside it.
+            # Beyond this many keys the list would strain max_allowed_packet. The range of the
+            # locked keys is exact unless another transaction, between the SELECT and this
+            # statement, makes a row inside it match the WHERE (see README).
             low, high = min(prep), max(prep)
             if isinstance(params, dict):
                 marks_range = "%(dbevents_pk_low)s AND %(dbevents_pk_high)s"
