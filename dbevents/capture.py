@@ -77,8 +77,6 @@ class ReplayCursor:
     the real cursor back as soon as the next statement runs on it.
     """
 
-    _OWN = frozenset({"fetchone", "fetchmany", "fetchall", "execute", "executemany", "close"})
-
     def __init__(self, wrapper: Any, raw: Any, rows: list[tuple[Any, ...]] | None,
                  description: Any, rowcount: int | None = None, lastrowid: Any = None) -> None:
         self._wrapper = wrapper

@@ -50,11 +50,6 @@ def get(name: str) -> Any:
     return getattr(django_settings, name, DEFAULTS[name])
 
 
-def is_set(name: str) -> bool:
-    """Whether the project's settings define ``name`` at all (used by the system checks)."""
-    return hasattr(django_settings, name)
-
-
 def nameko_config() -> dict[str, Any]:
     """The nameko config dict, with the top-level ``AMQP_URI`` filled in when NAMEKO_CONFIG has
     none (the django-events-sourcing 0.8 fallback)."""
