@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dbevents import conf, runtime
-from dbevents.registry import ModelEntry, TableInfo, get_registry
+from dbevents.registry import ModelEntry, TableInfo, get_registry, table_key
 from dbevents.sql import Statement, analyse, params_between, pk_only_where, values_rows, write_target
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class ConnectionCapture:
         if info is None:
             return execute(sql, params, many, context)
         mutes = runtime.mutes.get()
-        if mutes and runtime.mutes_everything(mutes, self._labels(info)):
+        if mutes and runtime.mutes_everything(mutes, info.labels):
             # Unheard, but it may change rows whose earlier events still need their data.
             self._complete([g for g in self.incomplete if g.root is info.root])
             return execute(sql, params, many, context)
@@ -250,9 +250,6 @@ class ConnectionCapture:
     def _next_statement(self) -> int:
         self.statement_no += 1
         return self.statement_no
-
-    def _labels(self, info: TableInfo) -> list[str]:
-        return [e.label for e in ([info.entry] if info.entry else []) + list(info.descendants)]
 
     def _warn_unsupported(self, sql: str, tables: dict[str, TableInfo]) -> None:
         lowered = sql.lower()
@@ -577,26 +574,25 @@ class ConnectionCapture:
         return tuple(out)
 
     def _pk_of(self, info: TableInfo, row: tuple[Any, ...]) -> Any:
-        return row[info.fields.index(info.pk)]
+        return row[info.pk_index]
 
-    def _existing_keys(self, info: TableInfo, keys: list[Any]) -> list[Any]:
-        found: list[Any] = []
+    def _by_keys(self, info: TableInfo, keys: list[Any], fields: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """``SELECT <fields> FROM <table> WHERE pk IN (<keys>)``, in chunks the database accepts;
+        yields converted rows."""
         qn = self.connection.ops.quote_name
-        for chunk in self._chunks(keys):
+        cols = ", ".join(qn(_column(f)) for f in fields)
+        size = max(1, min((self.connection.features.max_query_params or 10_000) - 10, 10_000))
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), size):
+            chunk = keys[i:i + size]
             marks = ", ".join(["%s"] * len(chunk))
             prep = [info.pk.get_db_prep_value(k, self.connection) for k in chunk]
-            rows = self._query(
-                f"SELECT {qn(_column(info.pk))} FROM {qn(info.model._meta.db_table)} WHERE {qn(_column(info.pk))} IN ({marks})",
-                prep,
-            )
-            found.extend(info.pk.to_python(r[0]) for r in rows)
-        return found
+            sql = f"SELECT {cols} FROM {qn(info.model._meta.db_table)} WHERE {qn(_column(info.pk))} IN ({marks})"
+            for raw in self._query(sql, prep):
+                yield self._convert(info, raw) if len(fields) > 1 else (info.pk.to_python(raw[0]),)
 
-    def _chunks(self, keys: list[Any]) -> Iterable[list[Any]]:
-        size = self.connection.features.max_query_params or 10_000
-        size = max(1, min(size - 10, 10_000))
-        for i in range(0, len(keys), size):
-            yield keys[i:i + size]
+    def _existing_keys(self, info: TableInfo, keys: list[Any]) -> list[Any]:
+        return [row[0] for row in self._by_keys(info, keys, [info.pk])]
 
     # ------------------------------------------------------------------ recording
 
@@ -685,7 +681,7 @@ class ConnectionCapture:
             for desc in groups_here[0].table.descendants:
                 if not unresolved:
                     break
-                dinfo = registry.tables[_key(desc.model)]
+                dinfo = registry.tables[desc.tables[0]]
                 for pk in self._existing_keys(dinfo, list(unresolved)):
                     found = unresolved.pop(pk, None)
                     if found is not None:
@@ -695,8 +691,7 @@ class ConnectionCapture:
         for group in pending:
             if group.entry is None:
                 continue
-            for model in self._chain(group.entry.model):
-                key = _key(model)
+            for key in group.entry.tables:
                 if key not in group.parts:
                     need.setdefault(key, []).append(group)
         for key, waiting in need.items():
@@ -726,23 +721,8 @@ class ConnectionCapture:
         if dropped:
             self.groups = [g for g in self.groups if id(g) not in dropped]
 
-    def _chain(self, model: type[Model]) -> list[type[Model]]:
-        concrete: Any = model._meta.concrete_model
-        return [concrete, *concrete._meta.get_parent_list()]
-
     def _load_parts(self, info: TableInfo, pks: list[Any]) -> dict[Any, tuple[Any, ...]]:
-        qn = self.connection.ops.quote_name
-        cols = ", ".join(qn(_column(f)) for f in info.fields)
-        out: dict[Any, tuple[Any, ...]] = {}
-        for chunk in self._chunks(list(dict.fromkeys(pks))):
-            marks = ", ".join(["%s"] * len(chunk))
-            prep = [info.pk.get_db_prep_value(k, self.connection) for k in chunk]
-            for raw in self._query(
-                f"SELECT {cols} FROM {qn(info.model._meta.db_table)} WHERE {qn(_column(info.pk))} IN ({marks})", prep
-            ):
-                row = self._convert(info, raw)
-                out[self._pk_of(info, row)] = row
-        return out
+        return {self._pk_of(info, row): row for row in self._by_keys(info, pks, info.fields)}
 
     def _build(self, group: Group) -> Model | None:
         model = group.entry.model  # type: ignore[union-attr]
@@ -751,7 +731,7 @@ class ConnectionCapture:
             layout = []
             for f in model._meta.concrete_fields:
                 owner: Any = f.model._meta.concrete_model  # type: ignore[union-attr]
-                layout.append((_key(owner), list(owner._meta.local_concrete_fields).index(f)))
+                layout.append((table_key(owner._meta.db_table), list(owner._meta.local_concrete_fields).index(f)))
             self._layouts[model] = layout
         values = []
         for key, index in layout:
@@ -870,12 +850,6 @@ def _column(field: Any) -> str:
     """A concrete field's column name (typed ``str | None`` on ``Field``)."""
     column: str = field.column
     return column
-
-
-def _key(model: type[Model]) -> str:
-    from dbevents.registry import table_key
-
-    return table_key(model._meta.db_table)
 
 
 def _describe(groups: list[Group]) -> str:

@@ -50,6 +50,8 @@ class ModelEntry:
     status_field: str | None
     service_name: str | None
     serializer_path: str | None
+    #: Keys of the tables holding this model's rows: its own, then its concrete parents'.
+    tables: tuple[str, ...] = ()
     _serializer: Any = field(default=None, repr=False)
 
     def serializer_class(self) -> Any:
@@ -84,6 +86,8 @@ class TableInfo:
     depth: int                         # number of concrete parents
     entry: ModelEntry | None           # when the owning model (or a proxy of it) is registered
     descendants: tuple[ModelEntry, ...]  # registered strict descendants, most derived first
+    pk_index: int = 0                  # position of ``pk`` in ``fields``
+    labels: tuple[str, ...] = ()       # labels of ``entry`` and ``descendants``: what muting checks
 
 
 class Registry:
@@ -98,7 +102,9 @@ class Registry:
         self.tables: dict[str, TableInfo] = {}
         for entry in self.entries.values():
             concrete: Any = entry.model._meta.concrete_model
-            for model in [concrete, *concrete._meta.get_parent_list()]:
+            chain = [concrete, *concrete._meta.get_parent_list()]
+            entry.tables = tuple(table_key(m._meta.db_table) for m in chain)
+            for model in chain:
                 self._watch(model)
 
     def _watch(self, model: type[Model]) -> None:
@@ -118,9 +124,12 @@ class Registry:
             ),
             key=lambda e: -len(e.model._meta.get_parent_list()),
         )
+        fields = tuple(meta.local_concrete_fields)
         info = TableInfo(
-            key=key, model=model, fields=tuple(meta.local_concrete_fields), pk=meta.pk, root=root,
+            key=key, model=model, fields=fields, pk=meta.pk, root=root,
             depth=len(meta.get_parent_list()), entry=entry, descendants=tuple(descendants),
+            pk_index=fields.index(meta.pk),
+            labels=tuple(e.label for e in ([entry] if entry else []) + descendants),
         )
         self.tables[key] = info
         # Raw SQL may name a schema-qualified table without its schema (search_path).

@@ -47,7 +47,7 @@ def is_muted(layers: tuple[Mute, ...], label: str, pk: Any) -> bool:
     return any(layer.mutes(label, pk) for layer in layers)
 
 
-def mutes_everything(layers: tuple[Mute, ...], labels: list[str]) -> bool:
+def mutes_everything(layers: tuple[Mute, ...], labels: tuple[str, ...]) -> bool:
     """Whether ``layers`` mute every row of every one of ``labels``, so capture can skip the
     statement altogether (object-level layers mute rows, never a whole model)."""
 
