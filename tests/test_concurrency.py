@@ -4,6 +4,7 @@ inserts rows matching its WHERE clause at the same time (PostgreSQL, MariaDB).""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from django.db import connection, connections
@@ -19,6 +20,7 @@ def test_filtered_update_events_equal_changed_rows_under_concurrent_inserts():
         pytest.skip("SQLite has a single writer: no concurrent inserts to race with")
     Counter.objects.bulk_create([Counter(value=0) for _ in range(200)])
     stop = threading.Event()
+    writing = threading.Event()
     inserted = []
 
     def writer():
@@ -26,6 +28,7 @@ def test_filtered_update_events_equal_changed_rows_under_concurrent_inserts():
             while not stop.is_set():
                 Counter.objects.bulk_create([Counter(value=0) for _ in range(5)])
                 inserted.append(5)
+                writing.set()
         finally:
             connections.close_all()
 
@@ -33,7 +36,12 @@ def test_filtered_update_events_equal_changed_rows_under_concurrent_inserts():
     thread.start()
     rounds = {}
     try:
-        for round_no in range(1, 31):
+        assert writing.wait(10), "the writer thread did not start"
+        round_no = 0
+        deadline = time.monotonic() + 20
+        # At least 30 updates, and until the writer has raced with them for a while.
+        while round_no < 30 or (sum(inserted) <= 100 and time.monotonic() < deadline):
+            round_no += 1
             with capture_events() as events:
                 changed = Counter.objects.filter(value=0).update(value=round_no)
             rounds[round_no] = (changed, {e.pk for e in events})
