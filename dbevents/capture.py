@@ -785,12 +785,22 @@ class ConnectionCapture:
         savepoint there, rolled back to if anything failed."""
         if not self.groups:
             return []
-        if self.connection.vendor != "postgresql":
-            return self.prepare()
-        self._execute_own("SAVEPOINT dbevents_prepare")
-        events = self.prepare()
-        if self._pg_transaction_failed():
-            self._execute_own("ROLLBACK TO SAVEPOINT dbevents_prepare")
+        # Nothing may escape from here: an exception out of commit() that is not a DatabaseError
+        # commits anyway on SQLite and MariaDB, and leaves a PostgreSQL connection inside a
+        # transaction Django has forgotten.
+        groups = self.groups
+        try:
+            if self.connection.vendor != "postgresql":
+                return self.prepare()
+            self._execute_own("SAVEPOINT dbevents_prepare")
+            events = self.prepare()
+            if self._pg_transaction_failed():
+                self._execute_own("ROLLBACK TO SAVEPOINT dbevents_prepare")
+        except Exception:
+            logger.exception("dbevents: the events of a transaction on %r are lost (%s)",
+                             self.connection.alias, _describe(groups))
+            self.discard()
+            return []
         return events
 
     def _pg_transaction_failed(self) -> bool:

@@ -176,3 +176,14 @@ def test_exit_names_the_events_still_being_published(caplog):
         dispatcher.shutdown()
         assert "exiting with 1 unpublished event(s); events lost: e1 (customer__created shop.Customer pk=1)" in caplog.text
         dispatcher.wait(5)
+
+
+def test_failure_around_building_events_at_commit_never_fails_the_commit(monkeypatch, caplog):
+    break_capture(monkeypatch, "_execute_own")   # the SAVEPOINT on PostgreSQL
+    break_capture(monkeypatch, "prepare")        # building the events, elsewhere
+    with capture_events() as events:
+        with transaction.atomic():
+            c = Customer.objects.create(name="committed")
+    assert Customer.objects.filter(pk=c.pk).exists()
+    assert events == []
+    assert f"shop.Customer pks=[{c.pk}]" in caplog.text
