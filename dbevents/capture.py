@@ -302,13 +302,13 @@ class ConnectionCapture:
         existing = None
         if stmt.upsert and not xmax:
             existing = self._existing_before_upsert(stmt, info, params)
-        pks = self._statement_pks(stmt, info, params)
-        replace = stmt.keyword.lower() == "replace" or "or replace" in stmt.sql[:80].lower()
-        if replace:
+        # Only pending events can conflict: skip the key analysis on the usual path.
+        pks = self._statement_pks(stmt, info, params) if self.incomplete else None
+        if stmt.replace:
             logger.warning("dbevents: %s on %s (%r): the rows it replaces are reported as created only, "
                            "without a deleted event; prefer an upsert", stmt.keyword.upper(),
                            info.model._meta.label, self.connection.alias)
-        self._settle_conflicts(info, action, pks, stmt.kind == "insert" and not stmt.upsert and not replace)
+        self._settle_conflicts(info, action, pks, stmt.kind == "insert" and not stmt.upsert and not stmt.replace)
         if stmt.returning is not None:
             sql = f"{stmt.sql[:stmt.end]}, {', '.join(columns)}{stmt.sql[stmt.end:]}"
         else:
@@ -350,11 +350,8 @@ class ConnectionCapture:
     def _existing_before_upsert(self, stmt: Statement, info: TableInfo, params: Any) -> Any:
         """What tells created from updated rows of an upsert where RETURNING cannot: the keys
         among the statement's own that exist already, else the highest key before it."""
-        rows = values_rows(stmt, params)
-        pk_col = _column(info.pk).lower()
-        if rows is not None and stmt.columns and pk_col in stmt.columns:
-            idx = stmt.columns.index(pk_col)
-            keys = [info.pk.to_python(r[idx]) for r in rows]
+        keys = self._given_keys(stmt, info, params)
+        if keys is not None:
             return ("keys", (set(self._existing_keys(info, keys)), set(keys)))
         if info.pk.get_internal_type() in _INTEGER_TYPES:
             qn = self.connection.ops.quote_name
@@ -418,12 +415,7 @@ class ConnectionCapture:
 
     def _insert_without_returning(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any],
                                   params: Any, context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
-        rows = values_rows(stmt, params)
-        pk_col = _column(info.pk).lower()
-        given = None
-        if rows is not None and stmt.columns and pk_col in stmt.columns:
-            idx = stmt.columns.index(pk_col)
-            given = [info.pk.to_python(r[idx]) for r in rows]
+        given = self._given_keys(stmt, info, params)
         existing: set[Any] = set()
         if given is not None and (stmt.upsert or stmt.ignore):
             existing = set(self._existing_keys(info, given))
@@ -539,6 +531,15 @@ class ConnectionCapture:
             return None
         values = params_between(stmt, params, stmt.where[0], stmt.where[1])
         return {info.pk.to_python(v) for v in values}
+
+    def _given_keys(self, stmt: Statement, info: TableInfo, params: Any) -> list[Any] | None:
+        """The primary keys an INSERT's VALUES name, when they are plain parameters."""
+        rows = values_rows(stmt, params)
+        pk_col = _column(info.pk).lower()
+        if rows is None or not stmt.columns or pk_col not in stmt.columns:
+            return None
+        idx = stmt.columns.index(pk_col)
+        return [info.pk.to_python(r[idx]) for r in rows]
 
     def _query(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """Run capture's own SELECT on a bare driver cursor: no execute wrappers, not in

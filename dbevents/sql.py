@@ -161,6 +161,7 @@ class Statement:
     returning_at: int | None       # where the RETURNING keyword starts
     upsert: bool                   # ON CONFLICT ... DO UPDATE / ON DUPLICATE KEY UPDATE
     ignore: bool                   # INSERT IGNORE / OR IGNORE / ON CONFLICT DO NOTHING
+    replace: bool                  # REPLACE / INSERT OR REPLACE: deletes the rows it conflicts with
     columns: list[str] | None      # INSERT column list, normalised
     values_start: int | None       # INSERT ... VALUES: offset just after VALUES
     end: int                       # end of the statement without a trailing ';' and spaces
@@ -234,35 +235,25 @@ def analyse(sql: str, vendor: str) -> Statement | None:
     if ret is not None:
         returning = (ret[2], end)
     returning_at = ret[1] if ret is not None else None
-    tail_start = min([i[1] for i in top if i[0] in ("order", "limit", "returning")] + [end])
-
+    tails = [i[1] for i in top if i[0] in ("order", "limit", "returning")]
     where = None
-    where_end = tail_start
+    where_end = min([*tails, end])
+    w = first("where") if kind != "insert" else None
+    if w is not None:
+        where_end = min([t for t in tails if t > w[2]] + [end])
+        where = (w[2], where_end)
     if kind == "update":
         source = sql[head.start("table"):head.end()].rstrip()[:-3].rstrip()
     elif multi:
-        w_at = first("where")
-        source = sql[head.end():w_at[1] if w_at else tail_start].strip()
+        source = sql[head.end():w[1] if w else where_end].strip()
     else:
         source = sql[head.start("table"):head.end()].strip()
-    set_start = None
-    from_start = None
-    upsert = ignore = False
+    set_start = head.end() if kind == "update" else None
+    from_start = (head.end() if multi else head.start("table")) if kind == "delete" else None
+    upsert = ignore = replace = False
     columns = None
     values_start = None
-    if kind == "update":
-        set_start = head.end()
-        w = first("where", set_start)
-        if w is not None:
-            where = (w[2], max(w[2], min([i[1] for i in top if i[0] in ("order", "limit", "returning") and i[1] > w[2]] + [end])))
-            where_end = where[1]
-    elif kind == "delete":
-        from_start = head.end() if multi else head.start("table")
-        w = first("where")
-        if w is not None:
-            where = (w[2], max(w[2], min([i[1] for i in top if i[0] in ("order", "limit", "returning") and i[1] > w[2]] + [end])))
-            where_end = where[1]
-    else:
+    if kind == "insert":
         words = [i[0] for i in top]
         if "duplicate" in words:
             upsert = True
@@ -272,8 +263,8 @@ def analyse(sql: str, vendor: str) -> Statement | None:
             upsert = rest.startswith("update")
             ignore = rest.startswith("nothing")
         prefix = sql[head.start("kw"):head.start("table")].lower()
-        if "ignore" in prefix:
-            ignore = True
+        ignore = ignore or "ignore" in prefix
+        replace = keyword.lower() == "replace" or "replace" in prefix
         if first_paren is not None and (head.end() <= first_paren[0] <= head.end() + 2):
             columns = [unquote(c.strip()) for c in sql[first_paren[0] + 1:first_paren[1] - 1].split(",")]
         v = first("values")
@@ -282,7 +273,7 @@ def analyse(sql: str, vendor: str) -> Statement | None:
     return Statement(
         sql=sql, kind=kind, keyword=keyword, table=unquote(table), ref=ref,
         multi_table_delete=multi, source=source, from_start=from_start, set_start=set_start, where=where,
-        where_end=where_end, returning=returning, returning_at=returning_at, upsert=upsert, ignore=ignore, columns=columns,
+        where_end=where_end, returning=returning, returning_at=returning_at, upsert=upsert, ignore=ignore, replace=replace, columns=columns,
         values_start=values_start, end=end, placeholders=placeholders,
     )
 
