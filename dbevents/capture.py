@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from django.db.models import Model
 
     from dbevents.events import Event
+    from dbevents.transport import Message
 
 logger = logging.getLogger("dbevents")
 
@@ -44,6 +45,20 @@ _INTEGER_TYPES = frozenset(
     {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
      "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField"}
 )
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A transaction's events at COMMIT, and their outbox rows when they went through the
+    outbox (``messages`` is None for direct delivery)."""
+
+    events: list[Event]
+    messages: list[Message] | None
+
+
+_NOTHING = Committed([], None)
+# Vendors whose autocommit statements capture can wrap in a driver-level transaction.
+_RAW_TRANSACTIONS = frozenset({"postgresql", "sqlite", "mysql"})
 
 
 @dataclass(eq=False)
@@ -209,17 +224,26 @@ class ConnectionCapture:
                          "for it: %.300s", info.model._meta.label, self.connection.alias, sql)
             return execute(sql, params, many, context)
         autocommit = not self.connection.in_atomic_block and self.connection.get_autocommit()
-        if self._uses_returning(stmt):
-            result = self._guarded(self._run_returning, stmt, info, execute, params, context, mutes)
-        elif self.connection.vendor == "mysql" and autocommit:
-            result = self._in_raw_transaction(
-                lambda: self._guarded(self._run_selecting, stmt, info, execute, params, context, mutes, True)
+        returning = self._uses_returning(stmt)
+        # An autocommit statement gets a transaction of its own when the outbox rows must commit
+        # with it, or when MySQL must lock the rows it is about to change.
+        if autocommit and (
+            (conf.outbox_enabled() and self.connection.vendor in _RAW_TRANSACTIONS)
+            or (self.connection.vendor == "mysql" and not returning)
+        ):
+            return self._in_raw_transaction(
+                lambda: self._run(returning, stmt, info, execute, params, context, mutes, True), context
             )
-        else:
-            result = self._guarded(self._run_selecting, stmt, info, execute, params, context, mutes, False)
+        result = self._run(returning, stmt, info, execute, params, context, mutes, False)
         if autocommit and self.groups:
             self.flush_committed()
         return result
+
+    def _run(self, returning: bool, stmt: Statement, info: TableInfo, execute: Callable[..., Any], params: Any,
+             context: dict[str, Any], mutes: tuple[runtime.Mute, ...], own_transaction: bool) -> Any:
+        if returning:
+            return self._guarded(self._run_returning, stmt, info, execute, params, context, mutes)
+        return self._guarded(self._run_selecting, stmt, info, execute, params, context, mutes, own_transaction)
 
     def _guarded(self, path: Callable[..., Any], stmt: Statement, info: TableInfo, execute: Callable[..., Any],
                  params: Any, context: dict[str, Any], *args: Any) -> Any:
@@ -439,23 +463,38 @@ class ConnectionCapture:
             self._record(info, order, [(first + i, None, CREATED) for i in range(count)], mutes)
         return result
 
-    def _in_raw_transaction(self, run: Callable[[], Any]) -> Any:
-        """Run ``run`` in a transaction of the driver's own, invisible to Django's transaction
-        state and query log; used for MySQL autocommit statements that need a locking SELECT."""
+    def _in_raw_transaction(self, run: Callable[[], Any], context: dict[str, Any]) -> Any:
+        """Run an autocommit statement in a transaction of the driver's own, invisible to
+        Django's transaction state and query log, and commit it with its events (and their
+        outbox rows); publish them after the COMMIT."""
+        vendor = self.connection.vendor
         raw = self.connection.connection
         with self.connection.wrap_database_errors:
-            raw.autocommit(False)
+            if vendor == "sqlite":
+                raw.execute(f"BEGIN {getattr(self.connection, 'transaction_mode', None) or ''}".rstrip())
+            elif vendor == "mysql":
+                raw.autocommit(False)
+            else:
+                raw.autocommit = False
         try:
             result = run()
+            if vendor == "sqlite":
+                _buffer_result(context)
+            committed = self.prepare_commit()
+            with self.connection.wrap_database_errors:
+                raw.commit()
         except BaseException:
+            self.discard()
             with self.connection.wrap_database_errors:
                 raw.rollback()
-                raw.autocommit(True)
-            self.discard()
             raise
-        with self.connection.wrap_database_errors:
-            raw.commit()
-            raw.autocommit(True)
+        finally:
+            with self.connection.wrap_database_errors:
+                if vendor == "mysql":
+                    raw.autocommit(True)
+                elif vendor != "sqlite":
+                    raw.autocommit = True
+        self.publish(committed)
         return result
 
     def _select_rows(self, stmt: Statement, info: TableInfo, params: Any, pk_only: bool = False) -> list[tuple[Any, ...]]:
@@ -776,33 +815,62 @@ class ConnectionCapture:
 
     def flush_committed(self) -> None:
         """Publish the events of statements that are already committed (autocommit)."""
-        from dbevents.transport import publish
+        self.publish(Committed(self.prepare(), None))
 
-        publish(self.prepare())
+    def publish(self, committed: Committed) -> None:
+        """Hand a committed transaction's events to the publisher (after COMMIT)."""
+        if committed.events:
+            from dbevents.transport import publish
 
-    def prepare_commit(self) -> list[Event]:
-        """:meth:`prepare` at COMMIT. On PostgreSQL any failed query aborts the transaction and
-        would silently turn the COMMIT into a rollback, so building the events runs behind a
+            publish(committed.events, alias=self.connection.alias, messages=committed.messages)
+
+    def prepare_commit(self) -> Committed:
+        """:meth:`prepare` at COMMIT, and the events' outbox rows written in the same
+        transaction (``DBEVENTS_DELIVERY = "outbox"``). On PostgreSQL any failed query aborts the
+        transaction and would silently turn the COMMIT into a rollback, so this runs behind a
         savepoint there, rolled back to if anything failed."""
         if not self.groups:
-            return []
+            return _NOTHING
         # Nothing may escape from here: an exception out of commit() that is not a DatabaseError
         # commits anyway on SQLite and MariaDB, and leaves a PostgreSQL connection inside a
         # transaction Django has forgotten.
         groups = self.groups
+        postgresql = self.connection.vendor == "postgresql"
         try:
-            if self.connection.vendor != "postgresql":
-                return self.prepare()
-            self._execute_own("SAVEPOINT dbevents_prepare")
+            if postgresql:
+                self._execute_own("SAVEPOINT dbevents_prepare")
             events = self.prepare()
-            if self._pg_transaction_failed():
+            messages = self._store(events)
+            if postgresql and self._pg_transaction_failed():
                 self._execute_own("ROLLBACK TO SAVEPOINT dbevents_prepare")
         except Exception:
             logger.exception("dbevents: the events of a transaction on %r are lost (%s)",
                              self.connection.alias, _describe(groups))
             self.discard()
-            return []
-        return events
+            return _NOTHING
+        return Committed(events, messages)
+
+    def _store(self, events: list[Event]) -> list[Message] | None:
+        """Write ``events`` to the outbox when it is on (and no testing sink keeps them from
+        the broker); None means "publish directly". A failure falls back to direct delivery,
+        logged with the event ids."""
+        if not events or not conf.outbox_enabled():
+            return None
+        from dbevents import outbox, transport
+
+        if not transport.publishing():
+            return None
+        try:
+            return outbox.store(self.connection, transport.encode(events))
+        except Exception as exc:
+            logger.error(
+                "dbevents: writing %d event(s) to the outbox of %r failed (%s: %s); they are published "
+                "directly, without the outbox's guarantee (is the dbevents app migrated on this database? "
+                "manage.py migrate dbevents --database=%s): %s", len(events), self.connection.alias,
+                type(exc).__name__, exc, self.connection.alias, ", ".join(f"{e.id} ({e.name} {e.model} pk={e.pk})"
+                                                                          for e in events), exc_info=True,
+            )
+            return None
 
     def _pg_transaction_failed(self) -> bool:
         raw = self.connection.connection
@@ -843,6 +911,17 @@ class ConnectionCapture:
             self.latest[group.key] = group
         # Statements after the rollback must not merge into what stood before it.
         self.last_mark = self.statement_no
+
+
+def _buffer_result(context: dict[str, Any]) -> None:
+    """SQLite refuses to COMMIT while a statement still has rows to hand out (a RETURNING that
+    capture did not consume, because it ran the statement uncaptured): read them first."""
+    wrapper = context["cursor"]
+    raw = wrapper.cursor
+    if isinstance(raw, ReplayCursor) or raw.description is None:
+        return
+    rows = raw.fetchall()
+    wrapper.cursor = ReplayCursor(wrapper, raw, rows, raw.description, rowcount=raw.rowcount, lastrowid=raw.lastrowid)
 
 
 def _fold(value: Any) -> Any:
@@ -905,12 +984,9 @@ class CaptureMixin:
         self.ops.execute_sql_flush = execute_sql_flush  # type: ignore[attr-defined]
 
     def commit(self) -> None:
-        events = self.dbevents.prepare_commit() if not self.in_atomic_block else []  # type: ignore[attr-defined]
+        committed = self.dbevents.prepare_commit() if not self.in_atomic_block else _NOTHING  # type: ignore[attr-defined]
         super().commit()  # type: ignore[misc]
-        if events:
-            from dbevents.transport import publish
-
-            publish(events)
+        self.dbevents.publish(committed)
 
     def rollback(self) -> None:
         try:

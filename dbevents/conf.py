@@ -36,7 +36,25 @@ DEFAULTS: dict[str, Any] = {
     "DBEVENTS_SHUTDOWN_TIMEOUT": 10.0,
     # Dotted path of the transport class (see dbevents.transport.Transport).
     "DBEVENTS_TRANSPORT": "dbevents.transport.NamekoTransport",
+    # "outbox": events are written to the dbevents_outbox table in the data's own transaction and
+    # published from there (at-least-once). "direct": published from memory after COMMIT
+    # (at-most-once; failures are logged with the event ids).
+    "DBEVENTS_DELIVERY": "outbox",
+    # Seconds the committing process (or a relay) owns the outbox rows it is publishing before a
+    # relay may take them over.
+    "DBEVENTS_OUTBOX_LEASE": 60.0,
+    # Seconds sent outbox rows are kept before dbevents_relay deletes them (None: keep them).
+    "DBEVENTS_OUTBOX_RETENTION": 7 * 24 * 3600.0,
+    # Seconds to wait for the broker to confirm a batch of messages.
+    "DBEVENTS_CONFIRM_TIMEOUT": 10.0,
+    # Most messages published as one pipelined batch (one wait for their confirms).
+    "DBEVENTS_PUBLISH_BATCH_SIZE": 5000,
+    # Publish with the AMQP "mandatory" flag, so that a message no queue is bound for is
+    # returned by the broker and logged as an error instead of vanishing.
+    "DBEVENTS_PUBLISH_MANDATORY": True,
 }
+
+DELIVERY_MODES = ("outbox", "direct")
 
 SETTINGS = frozenset(DEFAULTS)
 _RELOAD_HOOKS: list[Any] = []
@@ -57,6 +75,11 @@ def nameko_config() -> dict[str, Any]:
     if not config.get("AMQP_URI") and get("AMQP_URI"):
         config["AMQP_URI"] = get("AMQP_URI")
     return config
+
+
+def outbox_enabled() -> bool:
+    """Whether events go through the transactional outbox (``DBEVENTS_DELIVERY = "outbox"``)."""
+    return bool(get("DBEVENTS_ENABLED")) and get("DBEVENTS_DELIVERY") == "outbox"
 
 
 def on_reload(func: Any) -> Any:

@@ -40,7 +40,10 @@ def test_exchange_is_declared_by_the_publisher(rabbitmq_uri, caplog):
         # Passive: raises NotFound unless dbevents declared it exactly as nameko does.
         channel.exchange_declare(f"{service}.events", "topic", durable=True, passive=True)
         channel.exchange_delete(f"{service}.events")
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # No queue was bound: the broker returned the message, which is an error, not silence.
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1 and "returned 1 event(s) as unroutable" in problems[0]
+    assert "customer__created" in problems[0] and "NO_ROUTE" in problems[0]
 
 
 @pytest.mark.rabbitmq
@@ -59,10 +62,13 @@ def test_nameko_exchange_options_are_honoured(rabbitmq_uri):
             conn.channel().exchange_declare(f"{service}.events", "topic", durable=True, passive=True)
 
 
-def test_dead_broker_commits_returns_promptly_and_logs_lost_ids(caplog):
+@pytest.mark.parametrize("delivery", ["direct", "outbox"])
+def test_dead_broker_commits_returns_promptly_and_names_every_event(caplog, delivery):
+    from dbevents.models import OutboxMessage
+
     caplog.set_level(logging.WARNING, logger="dbevents")
     with override_settings(
-        NAMEKO_CONFIG={"AMQP_URI": dead_broker_uri()},
+        NAMEKO_CONFIG={"AMQP_URI": dead_broker_uri()}, DBEVENTS_DELIVERY=delivery,
         DBEVENTS_PUBLISH_RETRIES=3, DBEVENTS_PUBLISH_RETRY_DELAY=1.0, DBEVENTS_PUBLISH_RETRY_MAX_DELAY=1.0,
     ):
         started = time.monotonic()
@@ -76,11 +82,22 @@ def test_dead_broker_commits_returns_promptly_and_logs_lost_ids(caplog):
         assert not transport.wait(0)
         assert transport.wait(30)
     assert Customer.objects.filter(pk__in=[a.pk, b.pk]).count() == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "could not publish 2 event(s) after 3 attempt(s)" in errors[0]
+    level = logging.ERROR if delivery == "direct" else logging.WARNING
+    final = [r.getMessage() for r in caplog.records if r.levelno == level and "after 3 attempt(s)" in r.getMessage()]
+    assert len(final) == 1 and "publishing failed after 3 attempt(s) (ConnectionRefusedError" in final[0]
     for event in events:
-        assert event.id in errors[0]
-    assert sum("retrying" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING) == 2
+        assert event.id in final[0]
+    retries = [r for r in caplog.records if r.levelno == logging.WARNING and "retrying" in r.getMessage()]
+    assert len(retries) == 2
+    pending = list(OutboxMessage.objects.filter(sent_at__isnull=True).values_list("event_id", flat=True))
+    if delivery == "direct":
+        assert "events lost: " in final[0] and pending == []
+        assert not [r for r in caplog.records if r.levelno == logging.ERROR and r.getMessage() != final[0]]
+    else:
+        # Nothing is lost: the rows wait in the outbox for dbevents_relay.
+        assert "2 event(s) stay in the outbox for dbevents_relay" in final[0]
+        assert sorted(pending) == sorted(e.id for e in events)
+        assert not [r for r in caplog.records if r.levelno == logging.ERROR]
 
 
 def test_full_queue_logs_the_events_it_refuses(caplog):

@@ -1,0 +1,66 @@
+"""``manage.py dbevents_relay``: publish what is left in the outbox, until stopped."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from dbevents.relay import Relay, outbox_aliases
+
+
+class Command(BaseCommand):
+    help = (
+        "Publish the events left in the dbevents outbox (broker was down, a process died before "
+        "the broker confirmed), in order, with retries and back-off; several relays may run at once. "
+        "Stops cleanly on SIGTERM or SIGINT after the batch in hand."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--database", action="append", dest="databases", metavar="ALIAS",
+                            help="Relay this database's outbox (repeatable; default: every database with a "
+                                 "dbevents ENGINE).")
+        parser.add_argument("--once", action="store_true",
+                            help="Exit when nothing is left to publish (for cron jobs and deploy hooks).")
+        parser.add_argument("--worker-id", help="Name of this relay in the rows it leases. A relay restarted "
+                                                "with the same id takes back its leases at once (default: "
+                                                "relay:<host>:<pid>).")
+        parser.add_argument("--batch-size", type=int, default=1000, help="Rows claimed per batch (default 1000).")
+        parser.add_argument("--idle", type=float, default=1.0,
+                            help="Seconds to sleep when the outbox is empty (default 1).")
+        parser.add_argument("--cleanup-interval", type=float, default=300.0,
+                            help="Seconds between deletions of sent rows older than DBEVENTS_OUTBOX_RETENTION "
+                                 "(default 300).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        known = outbox_aliases()
+        aliases = options["databases"] or known
+        unknown = sorted(set(aliases) - set(known))
+        if unknown:
+            raise CommandError(f"--database {', '.join(unknown)}: no outbox there (databases with a dbevents "
+                               f"ENGINE where the dbevents app migrates: {known or 'none'}).")
+        if options["batch_size"] < 1:
+            raise CommandError(f"--batch-size {options['batch_size']}: must be at least 1.")
+        if not aliases:
+            raise CommandError("No database uses a dbevents ENGINE, so there is no outbox to relay.")
+        relay = Relay(aliases, worker_id=options["worker_id"], batch_size=options["batch_size"],
+                      idle=options["idle"], cleanup_interval=options["cleanup_interval"])
+        if not logging.getLogger("dbevents").handlers and not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO if options["verbosity"] > 1 else logging.WARNING,
+                                format="%(asctime)s %(levelname)s %(message)s")
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.stderr.write(f"dbevents relay {relay.worker_id}: {signal.Signals(signum).name}, finishing the "
+                              "batch in hand")
+            relay.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        if options["verbosity"] > 0:
+            self.stdout.write(f"dbevents relay {relay.worker_id}: relaying {', '.join(aliases)}")
+        relay.run(once=options["once"])
+        if options["verbosity"] > 0:
+            self.stdout.write(f"dbevents relay {relay.worker_id}: stopped; published {relay.published} event(s), "
+                              f"{relay.failed} failed attempt(s)")
