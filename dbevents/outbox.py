@@ -55,6 +55,8 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message]) -> list[Mess
     created = ops.adapt_datetimefield_value(now)
     available = ops.adapt_datetimefield_value(now + timedelta(seconds=float(conf.get("DBEVENTS_OUTBOX_LEASE"))))
     owner = process_owner()
+    if connection.vendor == "postgresql" and type(connection.connection).__module__.split(".")[0] == "psycopg":
+        return _store_postgresql(connection, messages, created, available, owner)
     qn = ops.quote_name
     width = len(_COLUMNS)
     per_chunk = max(1, min(500, (connection.features.max_query_params or 30_000) // width))
@@ -88,6 +90,45 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message]) -> list[Mess
         raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {len(messages)} rows")
     alias = connection.alias
     return [_with_row(m, i, alias) for m, i in zip(messages, ids, strict=True)]
+
+
+# PostgreSQL (psycopg 3): one INSERT ... SELECT FROM unnest(<one array per column>) for any number
+# of rows, with the arrays sent in binary on a server-binding cursor -- 14 parameters instead of
+# 14 per row for Django's client-side-binding cursor to quote into the query text.
+_PG_TYPES = ("text", "text", "integer", "text", "text", "bytea", "text", "text", "text", "timestamptz",
+             "timestamptz", "text", "integer", "text")
+_PG_INSERT = (
+    f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%b::{t}[]" for t in _PG_TYPES) + ") RETURNING id, event_id"
+)
+
+
+def _store_postgresql(connection: BaseDatabaseWrapper, messages: list[Message], created: Any, available: Any,
+                      owner: str) -> list[Message]:
+    from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID
+
+    n = len(messages)
+    event_ids = [m.headers[HEADER_EVENT_ID] for m in messages]
+    columns = [
+        event_ids, [m.headers[HEADER_TRANSACTION_ID] for m in messages],
+        [m.headers[HEADER_ORDINAL] for m in messages], [m.service_name for m in messages],
+        [m.routing_key for m in messages], [m.body for m in messages], [m.content_type for m in messages],
+        [m.content_encoding for m in messages], [headers_json(m.headers) for m in messages],
+        [created] * n, [available] * n, [owner] * n, [0] * n, [""] * n,
+    ]
+    import psycopg
+
+    with connection.wrap_database_errors:
+        cursor = psycopg.Cursor(connection.connection)
+        try:
+            cursor.execute(_PG_INSERT, columns)
+            ids = dict((str(event_id), int(i)) for i, event_id in cursor.fetchall())
+        finally:
+            cursor.close()
+    if len(ids) != n:
+        raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {n} rows")
+    alias = connection.alias
+    return [_with_row(m, ids[e], alias) for m, e in zip(messages, event_ids, strict=True)]
 
 
 def _with_row(message: Message, outbox_id: int, alias: str) -> Message:

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import struct
 import threading
 import time
 from collections import deque
@@ -82,23 +83,28 @@ class Transport(Protocol):
 
 
 @functools.cache
-def _serializer() -> str:
+def _codec() -> tuple[str, str, Any]:
+    """(content type, content encoding, encoder) of nameko's configured serializer, looked up
+    once instead of per message."""
+    from kombu.serialization import dumps, registry
     from nameko import serialization
 
     name, _accept = serialization.setup(conf.nameko_config())  # also registers custom serializers
-    return str(name)
+    codec = getattr(registry, "_encoders", {}).get(name)
+    if codec is not None:
+        return codec.content_type, codec.content_encoding, codec.encoder
+    content_type, content_encoding, _ = dumps(None, serializer=name)
+    return content_type, content_encoding, lambda data: dumps(data, serializer=name)[2]
 
 
 def encode(events: Sequence[Event], *, alias: str | None = None,
            outbox_ids: Sequence[int] | None = None) -> list[Message]:
     """Serialize ``events`` the way nameko's dispatcher would (``NAMEKO_CONFIG["SERIALIZER"]``,
     default JSON). Raises when a payload cannot be serialized."""
-    from kombu.serialization import dumps
-
-    serializer = _serializer()
+    content_type, content_encoding, encoder = _codec()
     out = []
     for i, event in enumerate(events):
-        content_type, content_encoding, body = dumps(event.payload, serializer=serializer)
+        body = encoder(event.payload)
         out.append(Message(
             service_name=event.service_name,
             routing_key=event.name,
@@ -242,19 +248,35 @@ class NamekoTransport:
                 self._connect()
             mandatory = bool(conf.get("DBEVENTS_PUBLISH_MANDATORY"))
             channel = self.channel
-            for index, message in enumerate(messages):
-                exchange = self._exchange(message.service_name)
-                amqp_message = channel.prepare_message(
-                    message.body, 0, message.content_type, message.content_encoding,
-                    message.headers, {"delivery_mode": 2},
-                )
-                channel.basic_publish(amqp_message, exchange=exchange, routing_key=message.routing_key,
-                                      mandatory=mandatory)
-                sent = index + 1
-                if self.confirms:
+            if self.confirms:
+                # AMQP 0-9-1 over py-amqp: frames encoded here, many messages per socket write.
+                write = self.connection.connection.transport.write  # type: ignore[union-attr]
+                frame_max = int(self.connection.connection.frame_max)  # type: ignore[union-attr]
+                pending: list[bytes] = []
+                size = 0
+                for index, message in enumerate(messages):
+                    exchange = self._exchange(message.service_name)
+                    frames = encode_publish(channel.channel_id, exchange, message, mandatory, frame_max)
+                    pending.append(frames)
+                    size += len(frames)
                     self._tag += 1
                     self._outstanding[self._tag] = index
-                else:
+                    if size >= _WRITE_CHUNK:
+                        write(b"".join(pending))
+                        pending, size, sent = [], 0, index + 1
+                if pending:
+                    write(b"".join(pending))
+                sent = len(messages)
+            else:
+                for index, message in enumerate(messages):
+                    exchange = self._exchange(message.service_name)
+                    amqp_message = channel.prepare_message(
+                        message.body, 0, message.content_type, message.content_encoding,
+                        message.headers, {"delivery_mode": 2},
+                    )
+                    channel.basic_publish(amqp_message, exchange=exchange, routing_key=message.routing_key,
+                                          mandatory=mandatory)
+                    sent = index + 1
                     self._acked.add(index)
             self._wait_for_confirms()
         except Exception as exc:  # the connection is unusable: what is unconfirmed has failed
@@ -289,6 +311,74 @@ class NamekoTransport:
                 self.connection.drain_events(timeout=remaining)
             except TimeoutError:
                 continue  # the deadline check above raises
+
+
+_WRITE_CHUNK = 256 * 1024
+_PUBLISH_METHOD = struct.pack(">HHH", 60, 40, 0)   # basic.publish, reserved-1
+_PROPERTY_FLAGS = struct.pack(">H", 0xF800)        # content-type/-encoding, headers, delivery-mode, priority
+
+
+def encode_publish(channel_id: int, exchange: str, message: Message, mandatory: bool, frame_max: int) -> bytes:
+    """The AMQP 0-9-1 frames of ``basic.publish`` for ``message``: byte for byte what py-amqp
+    writes for the message kombu's ``Producer.publish`` builds (properties content_type,
+    content_encoding, headers, delivery_mode 2, priority 0), without building objects per
+    message. ``tests/test_transport.py`` compares the two."""
+    pack = struct.pack
+    ex = exchange.encode()
+    rk = message.routing_key.encode()
+    method = b"".join((_PUBLISH_METHOD, pack("B", len(ex)), ex, pack("B", len(rk)), rk, b"\x01" if mandatory else b"\x00"))
+    ct = message.content_type.encode()
+    ce = message.content_encoding.encode()
+    body = message.body
+    header = b"".join((pack(">HHQ", 60, 0, len(body)), _PROPERTY_FLAGS, pack("B", len(ct)), ct, pack("B", len(ce)), ce,
+                       _table(message.headers), b"\x02\x00"))
+    out = [pack(">BHI", 1, channel_id, len(method)), method, b"\xce",
+           pack(">BHI", 2, channel_id, len(header)), header, b"\xce"]
+    chunk = frame_max - 8
+    for start in range(0, len(body), chunk):
+        part = body[start:start + chunk]
+        out += [pack(">BHI", 3, channel_id, len(part)), part, b"\xce"]
+    return b"".join(out)
+
+
+_ITEM_CACHE: dict[tuple[str, Any], bytes] = {}
+
+
+def _table(headers: dict[str, Any]) -> bytes:
+    """An AMQP field table, encoded as py-amqp encodes it (strings 'S', ints 'I'/'L', bools
+    't'); other value types go through py-amqp itself. Most headers repeat from message to
+    message (model, action, transaction): their encodings are remembered."""
+    parts = []
+    cache = _ITEM_CACHE
+    for item in headers.items():
+        encoded = cache.get(item)
+        if encoded is None:
+            encoded = _item(*item)
+            if encoded is None:
+                from amqp.serialization import dumps
+
+                return bytes(dumps("F", [headers]))
+            if item[0] != HEADER_EVENT_ID:
+                if len(cache) > 4096:
+                    cache.clear()
+                cache[item] = encoded
+        parts.append(encoded)
+    data = b"".join(parts)
+    return struct.pack(">I", len(data)) + data
+
+
+def _item(key: str, value: Any) -> bytes | None:
+    pack = struct.pack
+    k = key.encode("utf-8", "surrogatepass")
+    k = pack("B", len(k)) + k
+    if isinstance(value, str):
+        v = value.encode("utf-8", "surrogatepass")
+        return k + pack(">cI", b"S", len(v)) + v
+    if isinstance(value, bool):
+        return k + pack(">cB", b"t", int(value))
+    if isinstance(value, int):
+        return k + (pack(">cq", b"L", value) if value > 2147483647 or value < -2147483647 else pack(">ci", b"I", value))
+    return None
 
 
 def _close_quietly(connection: Any) -> None:
@@ -587,7 +677,7 @@ def wait(timeout: float | None = None) -> bool:
 
 @conf.on_reload
 def _reload() -> None:
-    _serializer.cache_clear()
+    _codec.cache_clear()
     if _dispatcher is not None:
         _dispatcher.reset_transport()
 
