@@ -66,6 +66,13 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
                 id="dbevents.E002",
             ))
             continue
+        if model._meta.app_label == "dbevents":
+            errors.append(checks.Error(
+                f"{where} registers {label!r}, dbevents' own outbox table; its rows are events already.",
+                hint=f"Remove {where}.",
+                id="dbevents.E013",
+            ))
+            continue
         concrete = model._meta.concrete_model
         if concrete in seen:
             errors.append(checks.Error(
@@ -164,7 +171,9 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     for name, kind, low in (
         ("DBEVENTS_PUBLISH_RETRIES", int, 1), ("DBEVENTS_QUEUE_SIZE", int, 1),
         ("DBEVENTS_PUBLISH_RETRY_DELAY", (int, float), 0), ("DBEVENTS_PUBLISH_RETRY_MAX_DELAY", (int, float), 0),
-        ("DBEVENTS_SHUTDOWN_TIMEOUT", (int, float), 0),
+        ("DBEVENTS_SHUTDOWN_TIMEOUT", (int, float), 0), ("DBEVENTS_CONNECT_TIMEOUT", (int, float), 0),
+        ("DBEVENTS_CONFIRM_TIMEOUT", (int, float), 0), ("DBEVENTS_PUBLISH_BATCH_SIZE", int, 1),
+        ("DBEVENTS_OUTBOX_LEASE", (int, float), 0),
     ):
         value = conf.get(name)
         if isinstance(value, bool) or not isinstance(value, kind) or value < low:
@@ -173,6 +182,21 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 hint=f"Remove it to use the default {conf.DEFAULTS[name]!r}.",
                 id="dbevents.E011",
             ))
+    retention = conf.get("DBEVENTS_OUTBOX_RETENTION")
+    if retention is not None and (isinstance(retention, bool) or not isinstance(retention, (int, float))
+                                  or retention < 0):
+        errors.append(checks.Error(
+            f"DBEVENTS_OUTBOX_RETENTION is {retention!r}; expected seconds (a number >= 0) or None.",
+            hint="Remove it to keep sent outbox rows for 7 days, or set None to keep them forever.",
+            id="dbevents.E011",
+        ))
+    delivery = conf.get("DBEVENTS_DELIVERY")
+    if delivery not in conf.DELIVERY_MODES:
+        errors.append(checks.Error(
+            f"DBEVENTS_DELIVERY is {delivery!r}; expected one of {', '.join(map(repr, conf.DELIVERY_MODES))}.",
+            hint="'outbox' (the default) never loses an event; 'direct' publishes from memory (at-most-once).",
+            id="dbevents.E014",
+        ))
     try:
         from django.utils.module_loading import import_string
 
@@ -208,3 +232,25 @@ def _capturing_aliases() -> list[str]:
     from dbevents.capture import CaptureMixin
 
     return [c.alias for c in connections.all() if isinstance(c, CaptureMixin)]
+
+
+@checks.register("dbevents", checks.Tags.database)
+def check_outbox_tables(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """With ``--database`` (``migrate`` runs it): the outbox table exists where it is needed."""
+    if not databases or not conf.outbox_enabled() or not get_registry().entries:
+        return []
+    from dbevents.relay import outbox_aliases
+
+    warnings: list[checks.CheckMessage] = []
+    for alias in outbox_aliases():
+        if alias not in databases:
+            continue
+        if "dbevents_outbox" not in connections[alias].introspection.table_names():
+            warnings.append(checks.Warning(
+                f"Database {alias!r} has no dbevents_outbox table yet; until it has, its events are published "
+                "directly (at-most-once), with an ERROR per transaction.",
+                hint=f"Run: manage.py migrate dbevents --database={alias} (expected once, in the migrate that "
+                     "creates it).",
+                id="dbevents.W002",
+            ))
+    return warnings

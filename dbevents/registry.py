@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from dbevents import conf
@@ -53,6 +54,7 @@ class ModelEntry:
     #: Keys of the tables holding this model's rows: its own, then its concrete parents'.
     tables: tuple[str, ...] = ()
     _serializer: Any = field(default=None, repr=False)
+    _representer: Any = field(default=None, repr=False)
 
     def serializer_class(self) -> Any:
         """The DRF serializer class: the configured one, else a ``ModelSerializer`` with
@@ -68,6 +70,24 @@ class ModelEntry:
                     f"{self.model.__name__}EventSerializer", (serializers.ModelSerializer,), {"Meta": meta}
                 )
         return self._serializer
+
+    def representer(self) -> Any:
+        """``instance -> payload`` for the generated ``ModelSerializer``, or None when the entry
+        names a serializer of its own.
+
+        The generated serializer's output depends on nothing but the instance (no context, no
+        methods of its own), so one instance with its fields built is shared: building a
+        ``ModelSerializer``'s fields costs more than serializing a row with them. The payloads
+        are exactly ``Serializer(instances, many=True).data``'s items. A configured serializer
+        is instantiated for every transaction, as DRF expects.
+        """
+        if self.serializer_path:
+            return None
+        if self._representer is None:
+            serializer = self.serializer_class()()
+            serializer.fields  # noqa: B018 -- built once, here, not concurrently by two threads later
+            self._representer = serializer.to_representation
+        return self._representer
 
     def service(self) -> str:
         """The nameko service name the events of this model claim to come from."""
@@ -185,3 +205,12 @@ def reset() -> None:
     global _registry
     with _lock:
         _registry = None
+
+
+def _rest_framework_changed(*, setting: str, **kwargs: Any) -> None:
+    # The generated serializers' fields were built under the previous REST_FRAMEWORK settings.
+    if setting == "REST_FRAMEWORK":
+        reset()
+
+
+setting_changed.connect(_rest_framework_changed, dispatch_uid="dbevents.registry.rest_framework")

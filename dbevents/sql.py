@@ -11,7 +11,9 @@ statements ``bulk_create`` produces.
 
 from __future__ import annotations
 
+import functools
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +85,13 @@ _TOKEN_MYSQL = re.compile(
 )
 
 
+# Django writes the same SQL text for every save() of a model, every get() ...: the results of
+# recognising a statement are cached by its text. Only statements up to this length are cached
+# (a bulk_create's is megabytes long and seldom repeats).
+_CACHED_SQL_LENGTH = 4096
+
+
+@functools.lru_cache(maxsize=1024)
 def unquote(name: str) -> str:
     """Normalise an identifier as written in SQL to the registry's key form.
 
@@ -104,7 +113,12 @@ def unquote(name: str) -> str:
 
 def split_qualified(name: str) -> list[str]:
     """The parts of a possibly qualified identifier, quotes kept: ``"a"."b"`` -> ``['"a"', '"b"']``."""
-    return re.findall(_IDENT, name)
+    return list(_split_qualified(name))
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_qualified(name: str) -> tuple[str, ...]:
+    return tuple(re.findall(_IDENT, name))
 
 
 def write_target(sql: str) -> tuple[str, str] | None:
@@ -119,6 +133,18 @@ def write_target(sql: str) -> tuple[str, str] | None:
     if first is None:
         return None
     kw = first.group("kw").lower()
+    if len(sql) <= _CACHED_SQL_LENGTH:
+        return _cached_target(sql, kw)
+    return _classify(sql, kw)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_target(sql: str, kw: str) -> tuple[str, str] | None:
+    return _classify(sql, kw)
+
+
+def _classify(sql: str, kw: str) -> tuple[str, str] | None:
+    """:func:`write_target` after its first keyword ``kw`` was found."""
     if kw in ("insert", "replace"):
         m = _INSERT.match(sql)
         kind = "insert"
@@ -137,13 +163,14 @@ def write_target(sql: str) -> tuple[str, str] | None:
     return (kind, unquote(_target(m, sql)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Statement:
     """The parts of one write statement that capture needs.
 
     Offsets index into ``sql``; a clause that is absent has ``None``. ``where`` spans the
     WHERE condition without the keyword; ``where_end`` is where the condition stops (the next
-    top-level ORDER BY / LIMIT / RETURNING, or the end of the statement).
+    top-level ORDER BY / LIMIT / RETURNING, or the end of the statement). Read-only: one
+    instance is shared by every execution of the same SQL text (see :func:`analyse`).
     """
 
     sql: str
@@ -169,12 +196,32 @@ class Statement:
 
     def count_params_before(self, offset: int) -> int:
         """How many placeholders stand before ``offset`` (SET params precede WHERE params)."""
-        return sum(1 for pos, _ in self.placeholders if pos < offset)
+        # Placeholders are listed in text order: a binary search, not a scan of a bulk
+        # statement's tens of thousands.
+        return bisect_left(self.placeholders, offset, key=_offset)
+
+
+def _offset(placeholder: tuple[int, str | None]) -> int:
+    return placeholder[0]
 
 
 def analyse(sql: str, vendor: str) -> Statement | None:
     """Scan a statement that :func:`write_target` accepted. Return None when it has a shape
-    capture cannot follow (several statements in one string, for instance)."""
+    capture cannot follow (several statements in one string, for instance).
+
+    The result is cached by SQL text (for statements up to a few KiB) and must not be changed.
+    """
+    if len(sql) <= _CACHED_SQL_LENGTH:
+        return _cached_analyse(sql, vendor)
+    return _analyse(sql, vendor)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_analyse(sql: str, vendor: str) -> Statement | None:
+    return _analyse(sql, vendor)
+
+
+def _analyse(sql: str, vendor: str) -> Statement | None:
     head = _INSERT.match(sql) or _UPDATE.match(sql) or _DELETE.match(sql) or _DELETE_JOIN.match(sql)
     if head is None:
         return None

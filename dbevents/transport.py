@@ -534,6 +534,7 @@ class Dispatcher:
                 logger.exception("dbevents: the events of a transaction cannot be serialized for the broker; "
                                  "events lost: %s", _ids(batch.events))
         pending = messages
+        holding_db = False
         attempts = max(1, int(conf.get("DBEVENTS_PUBLISH_RETRIES")))
         delay = float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY"))
         done: list[Message] = []
@@ -549,6 +550,7 @@ class Dispatcher:
             why = f"{type(exc).__name__}: {exc}" if exc is not None else "not confirmed"
             if attempt == attempts or self._stopping:
                 self._give_up(pending, [], f"publishing failed after {attempt} attempt(s) ({why})", exc)
+                holding_db = self._hand_to_relay(pending, why)
                 break
             logger.warning(
                 "dbevents: %d of %d event(s) not confirmed by the broker (attempt %d of %d, %s); retrying in %.1fs",
@@ -561,7 +563,22 @@ class Dispatcher:
             log_returned(returned)
         if done:
             logger.debug("dbevents: published %d event(s)", len(done))
-        return _mark_outbox(done, returned)
+        return _mark_outbox(done, returned) or holding_db
+
+    def _hand_to_relay(self, messages: list[Message], why: str) -> bool:
+        """End this process's lease on outbox rows it could not publish, so that a relay takes
+        them at their next back-off instead of after DBEVENTS_OUTBOX_LEASE."""
+        in_outbox = [m for m in messages if m.outbox_id is not None]
+        if not in_outbox:
+            return False
+        from dbevents import outbox
+
+        try:
+            outbox.release(in_outbox, why)
+        except Exception:
+            logger.exception("dbevents: could not hand %d outbox row(s) to the relay; it takes them when "
+                             "their lease (DBEVENTS_OUTBOX_LEASE) ends", len(in_outbox))
+        return True
 
     def _give_up(self, messages: list[Message] | None, events: list[Event], why: str,
                  exc: BaseException | None = None) -> None:

@@ -50,6 +50,17 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _publisher_lets_go_of_the_test_database(django_db_setup: Any, django_db_blocker: Any) -> Any:
+    """The publisher thread marks outbox rows on connections of its own; they must be closed
+    before the test database is dropped."""
+    yield
+    from dbevents import transport
+
+    transport.wait(30)
+    transport.dispatcher().release_connections()
+
+
 @pytest.fixture
 def rabbitmq_uri() -> str:
     """The RabbitMQ URI; fails or skips when the broker is down."""

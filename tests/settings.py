@@ -41,6 +41,9 @@ _DATABASES = {
     },
 }
 DATABASES = {"default": _DATABASES[DB]}
+# A relay started by a test in another process works on the test database of its parent.
+if os.environ.get("DBEVENTS_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["DBEVENTS_TEST_DB_NAME"]
 # A second SQLite database: each alias is captured on its own.
 DATABASES["other"] = {"ENGINE": "dbevents.backends.sqlite3", "NAME": ":memory:"}
 # Another engine wrapped both documented ways: the generic route and a mixin module.
@@ -55,6 +58,10 @@ SERVICE_NAME = "test_service"
 # The in-process broker; the RabbitMQ tests switch to DBEVENTS_TEST_AMQP_URI.
 NAMEKO_CONFIG = {"AMQP_URI": "memory://"}
 AMQP_URI_RABBITMQ = os.environ.get("DBEVENTS_TEST_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
+if os.environ.get("DBEVENTS_TEST_RELAY_AMQP_URI"):
+    NAMEKO_CONFIG = {"AMQP_URI": os.environ["DBEVENTS_TEST_RELAY_AMQP_URI"]}
+if os.environ.get("DBEVENTS_TEST_LEASE"):
+    DBEVENTS_OUTBOX_LEASE = float(os.environ["DBEVENTS_TEST_LEASE"])
 
 MODELS_CRUD_EVENT = [
     {"model": "test_app.Model1", "serializer": "tests.test_app.serializers.Model1Serializer"},
