@@ -42,7 +42,7 @@ test-dj6: $(VENV_DJ6)/.installed
 	$(call run-tests,$(VENV_DJ6),Django 6)
 
 lint: $(VENV_DJ52)/.installed
-	$(VENV_DJ52)/bin/ruff check dbevents tests demo scripts
+	$(VENV_DJ52)/bin/ruff check dbevents tests demo scripts bench
 	$(VENV_DJ52)/bin/mypy dbevents
 
 # mysqlclient compiles against the MariaDB client library.
@@ -59,6 +59,28 @@ $(VENV_DJ52)/.installed: setup.cfg pyproject.toml requirements-test.txt | sysdep
 
 $(VENV_DJ6)/.installed: setup.cfg pyproject.toml requirements-test.txt | sysdeps
 	$(call make-venv,$(VENV_DJ6),$(PY_DJ6),$(REQ_DJ6))
+
+# The benchmark (bench/run.py, README "Performance"): dbevents against the stock engines and
+# django-events-sourcing 0.8 against its disable_dispatcher(), events counted at RabbitMQ. Options:
+# BENCH_DATABASES, BENCH_ROUNDS, BENCH_BULK_ROUNDS, BENCH_QUICK=1, BENCH_DELIVERY, BENCH_WORKLOADS.
+BENCH_DES_VENV := bench/.venv-des
+.PHONY: bench bench-profile
+
+bench: $(VENV_DJ52)/.installed $(BENCH_DES_VENV)/.installed
+	$(VENV_DJ52)/bin/python bench/run.py
+
+# Where dbevents' time goes (bench/profiles/); yappi is a bench tool, not a package dependency.
+bench-profile: $(VENV_DJ52)/.installed
+	$(VENV_DJ52)/bin/pip install -q yappi
+	$(VENV_DJ52)/bin/python -m bench.profile $(BENCH_WORKLOADS)
+
+# django-events-sourcing 0.8 in a virtualenv of its own (it would clash with dbevents' app).
+$(BENCH_DES_VENV)/.installed: bench/requirements-des.txt | sysdeps
+	@test -n "$(PY_DJ52)" || { echo "no Python interpreter for $(BENCH_DES_VENV) (see scripts/find-python)"; exit 1; }
+	rm -rf $(BENCH_DES_VENV) && $(PY_DJ52) -m venv $(BENCH_DES_VENV)
+	$(BENCH_DES_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_DES_VENV)/bin/pip install -q -r bench/requirements-des.txt
+	touch $@
 
 clean:
 	rm -rf $(VENV_DJ52) $(VENV_DJ6) *.egg-info .pytest_cache
