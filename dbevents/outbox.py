@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -164,21 +165,29 @@ def mark_published(done: Sequence[Message], returned: Sequence[tuple[Message, st
 
 def _update(alias: str, ids: list[int], what: str, **values: Any) -> None:
     model = _model()
-    for attempt in (1, 2, 3):
+    try:
+        _retrying(alias, lambda: [model.objects.using(alias).filter(pk__in=chunk).update(**values)
+                                  for chunk in _chunks(ids)])
+    except Exception as exc:
+        logger.warning(
+            "dbevents: %s in the outbox of %r failed (%s: %s); dbevents_relay will publish them "
+            "again (duplicates), outbox ids %s", what % len(ids), alias, type(exc).__name__, exc, _id_list(ids),
+        )
+
+
+def _retrying(alias: str, work: Callable[[], Any], attempts: int = 5) -> Any:
+    """Run ``work`` on the publisher's own connection, again after a short pause if the database
+    was busy (SQLite answers "database table is locked" at once while a writer commits)."""
+    from django.db import DatabaseError
+
+    for attempt in range(1, attempts + 1):
         try:
-            for chunk in _chunks(ids):
-                model.objects.using(alias).filter(pk__in=chunk).update(**values)
-            return
-        except Exception as exc:
-            if attempt == 3:
-                logger.warning(
-                    "dbevents: %s in the outbox of %r failed (%s: %s); dbevents_relay will publish them "
-                    "again (duplicates), outbox ids %s", what % len(ids), alias, type(exc).__name__, exc,
-                    _id_list(ids),
-                )
-                return
-            # e.g. SQLite's "database table is locked" while a writer commits
+            return work()
+        except DatabaseError:
+            if attempt == attempts:
+                raise
             connections[alias].close()
+            time.sleep(0.02 * 2 ** attempt)
 
 
 def _id_list(ids: Sequence[int]) -> str:
@@ -239,18 +248,22 @@ def release(messages: Sequence[Message], error: str) -> None:
             by_alias.setdefault(m.alias, []).append(m.outbox_id)
     for alias, ids in by_alias.items():
         manager = model.objects.using(alias)
-        attempts = dict(manager.filter(pk__in=ids).values_list("id", "attempts"))
-        by_attempts: dict[int, list[int]] = {}
-        for i, n in attempts.items():
-            by_attempts.setdefault(n, []).append(i)
-        now = timezone.now()
-        for n, group in by_attempts.items():
-            wait = min(float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY")) * 2 ** n,
-                       float(conf.get("DBEVENTS_PUBLISH_RETRY_MAX_DELAY")))
-            manager.filter(pk__in=group).update(
-                attempts=F("attempts") + 1, last_error=error[:2000], lease_owner=None,
-                available_at=now + timedelta(seconds=wait),
-            )
+
+        def give_back(manager: Any = manager, ids: list[int] = ids) -> None:
+            attempts = dict(manager.filter(pk__in=ids).values_list("id", "attempts"))
+            by_attempts: dict[int, list[int]] = {}
+            for i, n in attempts.items():
+                by_attempts.setdefault(n, []).append(i)
+            now = timezone.now()
+            for n, group in by_attempts.items():
+                wait = min(float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY")) * 2 ** n,
+                           float(conf.get("DBEVENTS_PUBLISH_RETRY_MAX_DELAY")))
+                manager.filter(pk__in=group).update(
+                    attempts=F("attempts") + 1, last_error=error[:2000], lease_owner=None,
+                    available_at=now + timedelta(seconds=wait),
+                )
+
+        _retrying(alias, give_back)
 
 
 def release_owner(alias: str, owner: str) -> int:

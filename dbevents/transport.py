@@ -177,7 +177,8 @@ class NamekoTransport:
                                "write_timeout": confirm_timeout},
         )
         try:
-            connection.connect()
+            # One attempt: retrying (with back-off and logging) is the caller's job.
+            connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
             channel = connection.channel()
             self.confirms = hasattr(channel, "confirm_select")
             if self.confirms:

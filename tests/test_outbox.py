@@ -74,6 +74,7 @@ def test_rolled_back_work_leaves_no_row():
 def test_autocommit_statements_write_their_rows_atomically():
     with broker_down(), capture_events(publish=True) as events:
         c = Customer.objects.create(name="autocommit")
+        assert transport.wait(30)
         Customer.objects.filter(pk=c.pk).delete()
         assert transport.wait(30)
     assert pending_ids() == [e.id for e in events]
@@ -97,7 +98,10 @@ def test_the_relay_publishes_what_the_broker_missed_in_order_exactly_once(broker
     with broker_down(), capture_events(publish=True) as events:
         with transaction.atomic():
             customers = [Customer.objects.create(name=f"c{i}") for i in range(5)]
+        # (Waits: the in-memory SQLite test database lets one connection write at a time.)
+        assert transport.wait(30)
         Order.objects.create(customer=customers[0], number=1)
+        assert transport.wait(30)
         Customer.objects.filter(pk=customers[1].pk).update(name="renamed")
         assert transport.wait(30)
     assert broker.drain() == []
