@@ -586,8 +586,10 @@ class Dispatcher:
         in_outbox = [m for m in messages or () if m.outbox_id is not None]
         lost = [m.describe() for m in messages or () if m.outbox_id is None] + [_describe(e) for e in events]
         if in_outbox:
-            logger.warning("dbevents: %s; %d event(s) stay in the outbox for dbevents_relay: %s",
-                           why, len(in_outbox), ", ".join(m.describe() for m in in_outbox))
+            # Not lost: the rows say which; the log names the first ones.
+            more = f" ... and {len(in_outbox) - 50} more" if len(in_outbox) > 50 else ""
+            logger.warning("dbevents: %s; %d event(s) stay in the outbox for dbevents_relay: %s%s",
+                           why, len(in_outbox), ", ".join(m.describe() for m in in_outbox[:50]), more)
         if lost:
             logger.error("dbevents: %s; events lost: %s", why, ", ".join(lost),
                          exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
