@@ -234,7 +234,7 @@ def _capturing_aliases() -> list[str]:
     return [c.alias for c in connections.all() if isinstance(c, CaptureMixin)]
 
 
-@checks.register("dbevents", checks.Tags.database)
+@checks.register(checks.Tags.database)
 def check_outbox_tables(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """With ``--database`` (``migrate`` runs it): the outbox table exists where it is needed."""
     if not databases or not conf.outbox_enabled() or not get_registry().entries:

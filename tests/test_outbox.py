@@ -301,3 +301,22 @@ def test_two_relays_in_threads_never_publish_an_event_twice(broker):
     ids = [r.headers["dbevents.event_id"] for r in broker.drain()]
     assert len(ids) == len(set(ids)) == len(events) == 600
     assert all(r.published > 0 for r in relays), "both relays took part"
+
+
+def test_check_warns_when_the_outbox_table_is_missing():
+    from django.core import checks
+
+    def outbox_warnings():
+        return [m for m in checks.run_checks(tags=[checks.Tags.database], databases=["default"])
+                if m.id == "dbevents.W002"]
+
+    assert outbox_warnings() == []
+    with connection.schema_editor() as editor:
+        editor.alter_db_table(OutboxMessage, "dbevents_outbox", "dbevents_outbox_away")
+    try:
+        (warning,) = outbox_warnings()
+    finally:
+        with connection.schema_editor() as editor:
+            editor.alter_db_table(OutboxMessage, "dbevents_outbox_away", "dbevents_outbox")
+    assert warning.msg.startswith("Database 'default' has no dbevents_outbox table yet")
+    assert warning.hint.startswith("Run: manage.py migrate dbevents --database=default")
