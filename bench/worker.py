@@ -65,6 +65,7 @@ class Workload:
     expected: dict[str, int]
     signal_based: bool                # django-events-sourcing sees it (post_save/post_delete)
     repeat: int = 1                   # measurements per round (cheap, noisy workloads)
+    interleave: int = 0               # >0: the two sides alternate in this many slices of one measurement
     bulk: bool = False                # 10,000-row workloads: BENCH_BULK_ROUNDS rounds
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -229,7 +230,7 @@ def build() -> Suite:
     n_bulk, n_par, n_ch = SIZES["bulk"], SIZES["cascade_parents"], SIZES["cascade_children"]
     suite.workloads = [
         Workload("reads", f"`get()` by pk ×{SIZES['reads']:,}", SIZES["reads"], "op",
-                 setup_reads, run_reads, {}, True, repeat=3),
+                 setup_reads, run_reads, {}, True, repeat=3, interleave=20),
         Workload("creates", f"autocommit `create()` ×{SIZES['creates']:,}", SIZES["creates"], "op",
                  setup_creates, run_creates, {"item__created": SIZES["creates"]}, True),
         Workload("saves", f"`save()` ×{SIZES['saves']:,} in one `atomic()`", SIZES["saves"], "op",
@@ -281,6 +282,9 @@ def main() -> None:
                 if r >= (args.bulk_rounds if w.bulk else args.rounds):
                     continue
                 for i in range(w.repeat):
+                    if w.interleave:
+                        measure_interleaved(suite, w, consumer)
+                        continue
                     order = suite.variants if (r + i) % 2 == 0 else suite.variants[::-1]
                     for v in order:
                         measure(suite, w, v, consumer, keep=True)
@@ -335,6 +339,33 @@ def measure(suite: Suite, w: Workload, v: Variant, consumer: Any, keep: bool) ->
         print(f"  [{v.name}] {w.key}: FAILED: {'; '.join(problems)}", file=sys.stderr, flush=True)
     if keep:
         w.samples.setdefault(v.name, []).append(sample)
+
+
+def measure_interleaved(suite: Suite, w: Workload, consumer: Any) -> None:
+    """For a workload that publishes nothing (reads): one set-up, then the two sides alternate
+    over ``w.interleave`` slices of the operations, so that load drifting on the machine weighs
+    on both alike."""
+    with suite.variants[0].context():
+        ops = w.setup(suite.variants[0].alias)
+    size = max(1, len(ops) // w.interleave)
+    slices = [ops[i:i + size] for i in range(0, len(ops), size)]
+    seconds = dict.fromkeys((v.name for v in suite.variants), 0.0)
+    consumer.reset()
+    gc.collect()
+    for i, part in enumerate(slices):
+        for v in suite.variants if i % 2 == 0 else suite.variants[::-1]:
+            with v.context():
+                t0 = time.monotonic()
+                w.run(v.alias, part)
+                seconds[v.name] += time.monotonic() - t0
+    suite.settle(10)
+    snap = consumer.snapshot()
+    problems = [f"expected no events, the consumer counted {snap['keys']}"] if snap["count"] else []
+    for v in suite.variants:
+        w.samples.setdefault(v.name, []).append({
+            "seconds": seconds[v.name], "e2e": None, "delivered": snap["count"], "expected": 0,
+            "without_id": 0, "problems": problems,
+        })
 
 
 def summarise(w: Workload, variants: list[Variant]) -> dict[str, Any]:
