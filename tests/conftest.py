@@ -61,6 +61,16 @@ def _publisher_lets_go_of_the_test_database(django_db_setup: Any, django_db_bloc
     transport.dispatcher().release_connections()
 
 
+@pytest.fixture(autouse=True)
+def _publisher_done_after_each_test() -> Any:
+    """Events a test committed are published (or given up on) before the next test changes the
+    settings: no test sees another's events."""
+    yield
+    from dbevents import transport
+
+    transport.wait(30)
+
+
 @pytest.fixture
 def rabbitmq_uri() -> str:
     """The RabbitMQ URI; fails or skips when the broker is down."""
