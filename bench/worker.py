@@ -230,7 +230,7 @@ def build() -> Suite:
     n_bulk, n_par, n_ch = SIZES["bulk"], SIZES["cascade_parents"], SIZES["cascade_children"]
     suite.workloads = [
         Workload("reads", f"`get()` by pk ×{SIZES['reads']:,}", SIZES["reads"], "op",
-                 setup_reads, run_reads, {}, True, repeat=3, interleave=20),
+                 setup_reads, run_reads, {}, True, repeat=5, interleave=40),
         Workload("creates", f"autocommit `create()` ×{SIZES['creates']:,}", SIZES["creates"], "op",
                  setup_creates, run_creates, {"item__created": SIZES["creates"]}, True),
         Workload("saves", f"`save()` ×{SIZES['saves']:,} in one `atomic()`", SIZES["saves"], "op",
