@@ -857,6 +857,7 @@ class ConnectionCapture:
         if not events or not conf.outbox_enabled():
             return None
         from dbevents import outbox, transport
+        from dbevents.events import describe_events
 
         if not transport.publishing():
             return None
@@ -867,8 +868,7 @@ class ConnectionCapture:
                 "dbevents: writing %d event(s) to the outbox of %r failed (%s: %s); they are published "
                 "directly, without the outbox's guarantee (is the dbevents app migrated on this database? "
                 "manage.py migrate dbevents --database=%s): %s", len(events), self.connection.alias,
-                type(exc).__name__, exc, self.connection.alias, ", ".join(f"{e.id} ({e.name} {e.model} pk={e.pk})"
-                                                                          for e in events), exc_info=True,
+                type(exc).__name__, exc, self.connection.alias, describe_events(events), exc_info=True,
             )
             return None
 

@@ -58,5 +58,14 @@ class Event:
         """The row's primary key (int, or str for other key types)."""
         return self.headers[HEADER_PK]
 
+    def describe(self) -> str:
+        """``"<event id> (<event name> <model> pk=<pk>)"``, for log lines."""
+        return f"{self.id} ({self.name} {self.model} pk={self.pk})"
+
     def __str__(self) -> str:
         return f"{self.service_name}.events/{self.name} id={self.id}"
+
+
+def describe_events(events: list[Event]) -> str:
+    """Every event of ``events`` described, comma-separated: log lines name each one."""
+    return ", ".join(e.describe() for e in events)

@@ -20,14 +20,16 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
-from django.db.models import Min, Q
+from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
 from dbevents import conf
+from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID
 from dbevents.transport import Message, headers_json
 
 if TYPE_CHECKING:
@@ -49,16 +51,32 @@ def process_owner() -> str:
 def store(connection: BaseDatabaseWrapper, messages: list[Message]) -> list[Message]:
     """Write ``messages`` to the outbox inside the current transaction of ``connection`` and
     return them with their outbox ids. Raises on failure (the caller falls back and logs)."""
-    from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID
-
+    if not messages:
+        return []
     now = timezone.now()
-    ops = connection.ops
-    created = ops.adapt_datetimefield_value(now)
-    available = ops.adapt_datetimefield_value(now + timedelta(seconds=float(conf.get("DBEVENTS_OUTBOX_LEASE"))))
+    adapt = connection.ops.adapt_datetimefield_value
+    created = adapt(now)
+    available = adapt(now + timedelta(seconds=float(conf.get("DBEVENTS_OUTBOX_LEASE"))))
     owner = process_owner()
+    rows = [
+        (m.headers[HEADER_EVENT_ID], m.headers[HEADER_TRANSACTION_ID], m.headers[HEADER_ORDINAL], m.service_name,
+         m.routing_key, m.body, m.content_type, m.content_encoding, headers_json(m.headers), created, available,
+         owner, 0, "")
+        for m in messages
+    ]
     if connection.vendor == "postgresql" and type(connection.connection).__module__.split(".")[0] == "psycopg":
-        return _store_postgresql(connection, messages, created, available, owner)
-    qn = ops.quote_name
+        ids = _insert_postgresql(connection, rows)
+    else:
+        ids = _insert(connection, rows)
+    if len(ids) != len(messages):
+        raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {len(messages)} rows")
+    alias = connection.alias
+    return [replace(m, outbox_id=i, alias=alias) for m, i in zip(messages, ids, strict=True)]
+
+
+def _insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> list[int]:
+    """Multi-row INSERTs on a bare driver cursor; the new ids in row order."""
+    qn = connection.ops.quote_name
     width = len(_COLUMNS)
     per_chunk = max(1, min(500, (connection.features.max_query_params or 30_000) // width))
     returning = connection.features.can_return_rows_from_bulk_insert
@@ -68,15 +86,10 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message]) -> list[Mess
     with connection.wrap_database_errors:
         cursor = connection.create_cursor()
         try:
-            for start in range(0, len(messages), per_chunk):
-                chunk = messages[start:start + per_chunk]
-                params: list[Any] = []
-                for m in chunk:
-                    h = m.headers
-                    params += [h[HEADER_EVENT_ID], h[HEADER_TRANSACTION_ID], h[HEADER_ORDINAL], m.service_name,
-                               m.routing_key, m.body, m.content_type, m.content_encoding, headers_json(h),
-                               created, available, owner, 0, ""]
+            for start in range(0, len(rows), per_chunk):
+                chunk = rows[start:start + per_chunk]
                 sql = head + ", ".join([row_sql] * len(chunk))
+                params = [value for row in chunk for value in row]
                 if returning:
                     cursor.execute(sql + f" RETURNING {qn('id')}", params)
                     ids += [int(r[0]) for r in cursor.fetchall()]
@@ -87,10 +100,7 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message]) -> list[Mess
                     ids += range(first, first + len(chunk))
         finally:
             cursor.close()
-    if len(ids) != len(messages):
-        raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {len(messages)} rows")
-    alias = connection.alias
-    return [_with_row(m, i, alias) for m, i in zip(messages, ids, strict=True)]
+    return ids
 
 
 # PostgreSQL (psycopg 3): one INSERT ... SELECT FROM unnest(<one array per column>) for any number
@@ -104,37 +114,19 @@ _PG_INSERT = (
 )
 
 
-def _store_postgresql(connection: BaseDatabaseWrapper, messages: list[Message], created: Any, available: Any,
-                      owner: str) -> list[Message]:
-    from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID
-
-    n = len(messages)
-    event_ids = [m.headers[HEADER_EVENT_ID] for m in messages]
-    columns = [
-        event_ids, [m.headers[HEADER_TRANSACTION_ID] for m in messages],
-        [m.headers[HEADER_ORDINAL] for m in messages], [m.service_name for m in messages],
-        [m.routing_key for m in messages], [m.body for m in messages], [m.content_type for m in messages],
-        [m.content_encoding for m in messages], [headers_json(m.headers) for m in messages],
-        [created] * n, [available] * n, [owner] * n, [0] * n, [""] * n,
-    ]
+def _insert_postgresql(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> list[int]:
+    """The rows as one array per column; the new ids in row order (matched by event id)."""
     import psycopg
 
+    columns = [list(column) for column in zip(*rows, strict=True)]
     with connection.wrap_database_errors:
         cursor = psycopg.Cursor(connection.connection)
         try:
             cursor.execute(_PG_INSERT, columns)
-            ids = dict((str(event_id), int(i)) for i, event_id in cursor.fetchall())
+            by_event = {str(event_id): int(i) for i, event_id in cursor.fetchall()}
         finally:
             cursor.close()
-    if len(ids) != n:
-        raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {n} rows")
-    alias = connection.alias
-    return [_with_row(m, ids[e], alias) for m, e in zip(messages, event_ids, strict=True)]
-
-
-def _with_row(message: Message, outbox_id: int, alias: str) -> Message:
-    return Message(message.service_name, message.routing_key, message.body, message.content_type,
-                   message.content_encoding, message.headers, outbox_id, alias)
+    return [by_event[row[0]] for row in rows if row[0] in by_event]
 
 
 def _model() -> Any:
@@ -148,19 +140,27 @@ def _chunks(ids: Sequence[int], size: int = 1000) -> Iterator[Sequence[int]]:
         yield ids[start:start + size]
 
 
+def _by_alias(messages: Sequence[Message]) -> dict[str, list[int]]:
+    """The outbox ids of ``messages`` per database (messages not in an outbox are skipped)."""
+    by_alias: dict[str, list[int]] = {}
+    for m in messages:
+        if m.outbox_id is not None and m.alias is not None:
+            by_alias.setdefault(m.alias, []).append(m.outbox_id)
+    return by_alias
+
+
 def mark_published(done: Sequence[Message], returned: Sequence[tuple[Message, str]]) -> None:
     """Set ``sent_at`` on the outbox rows of confirmed (and of returned, unroutable) messages,
     per database. A failure is logged: those rows will be published again by the relay."""
-    by_alias: dict[str, list[int]] = {}
-    for m in done:
-        if m.outbox_id is not None and m.alias is not None:
-            by_alias.setdefault(m.alias, []).append(m.outbox_id)
-    for alias, ids in by_alias.items():
+    for alias, ids in _by_alias(done).items():
         _update(alias, ids, "marking %d published event(s) as sent", sent_at=timezone.now(), lease_owner=None)
+    by_reason: dict[str, list[Message]] = {}
     for m, reason in returned:
-        if m.outbox_id is not None and m.alias is not None:
-            _update(alias=m.alias, ids=[m.outbox_id], what="recording %d unroutable event(s)",
-                    sent_at=timezone.now(), lease_owner=None, last_error=(UNROUTABLE + reason)[:2000])
+        by_reason.setdefault(reason, []).append(m)
+    for reason, messages in by_reason.items():
+        for alias, ids in _by_alias(messages).items():
+            _update(alias, ids, "recording %d unroutable event(s)", sent_at=timezone.now(), lease_owner=None,
+                    last_error=(UNROUTABLE + reason)[:2000])
 
 
 def _update(alias: str, ids: list[int], what: str, **values: Any) -> None:
@@ -242,11 +242,7 @@ def release(messages: Sequence[Message], error: str) -> None:
     from django.db.models import F
 
     model = _model()
-    by_alias: dict[str, list[int]] = {}
-    for m in messages:
-        if m.outbox_id is not None and m.alias is not None:
-            by_alias.setdefault(m.alias, []).append(m.outbox_id)
-    for alias, ids in by_alias.items():
+    for alias, ids in _by_alias(messages).items():
         manager = model.objects.using(alias)
 
         def give_back(manager: Any = manager, ids: list[int] = ids) -> None:
@@ -291,21 +287,31 @@ def cleanup(alias: str, retention: float | None = None) -> int:
 
 
 def stats(alias: str) -> dict[str, Any]:
-    """What ``dbevents_status`` shows for one database."""
+    """What ``dbevents_status`` shows for one database (two queries)."""
     manager = _model().objects.using(alias)
     now = timezone.now()
-    pending = manager.filter(sent_at__isnull=True)
-    oldest: datetime | None = pending.aggregate(oldest=Min("created_at"))["oldest"]
-    failing = pending.filter(attempts__gt=0)
-    last = failing.order_by("-id").values_list("last_error", flat=True).first()
+    pending = Q(sent_at__isnull=True)
+    failing = pending & Q(attempts__gt=0)
+    sent = Q(sent_at__isnull=False)
+    counts = manager.aggregate(
+        pending=Count("id", filter=pending),
+        oldest=Min("created_at", filter=pending),
+        leased=Count("id", filter=pending & Q(available_at__gt=now, lease_owner__isnull=False)),
+        retrying=Count("id", filter=failing),
+        max_attempts=Max("attempts", filter=failing),
+        unroutable=Count("id", filter=sent & Q(last_error__startswith=UNROUTABLE)),
+        sent=Count("id", filter=sent),
+    )
+    oldest: datetime | None = counts.pop("oldest")
+    last = manager.filter(failing).order_by("-id").values_list("last_error", flat=True).first()
     return {
         "alias": alias,
-        "pending": pending.count(),
+        "pending": counts["pending"],
         "oldest_pending_age": (now - oldest).total_seconds() if oldest else None,
-        "leased": pending.filter(available_at__gt=now, lease_owner__isnull=False).count(),
-        "retrying": failing.count(),
-        "max_attempts": max(failing.values_list("attempts", flat=True).order_by("-attempts")[:1], default=0),
+        "leased": counts["leased"],
+        "retrying": counts["retrying"],
+        "max_attempts": counts["max_attempts"] or 0,
         "last_error": last or "",
-        "unroutable": manager.filter(sent_at__isnull=False, last_error__startswith=UNROUTABLE).count(),
-        "sent": manager.filter(sent_at__isnull=False).count(),
+        "unroutable": counts["unroutable"],
+        "sent": counts["sent"],
     }

@@ -17,10 +17,9 @@ import time
 from collections.abc import Sequence
 
 from django.db import connections, router
-from django.utils.module_loading import import_string
 
-from dbevents import conf, outbox
-from dbevents.transport import Message, PublishResult, Transport, log_returned
+from dbevents import outbox
+from dbevents.transport import PublishResult, Sender, record
 
 logger = logging.getLogger("dbevents")
 
@@ -33,6 +32,17 @@ def outbox_aliases() -> list[str]:
 
     return [c.alias for c in connections.all() if isinstance(c, CaptureMixin)
             and router.allow_migrate_model(c.alias, OutboxMessage)]
+
+
+def chosen_aliases(requested: Sequence[str] | None) -> list[str]:
+    """The outbox databases a command works on: ``requested`` (its ``--database`` options), or
+    all of them. Raises ValueError naming an alias that has no outbox."""
+    known = outbox_aliases()
+    unknown = sorted(set(requested or ()) - set(known))
+    if unknown:
+        raise ValueError(f"--database {', '.join(unknown)}: no outbox there (databases with a dbevents "
+                         f"ENGINE where the dbevents app migrates: {known or 'none'}).")
+    return list(requested) if requested else known
 
 
 def default_worker_id() -> str:
@@ -58,7 +68,7 @@ class Relay:
         self.published = 0
         self.failed = 0
         self._stop = threading.Event()
-        self._transport: Transport | None = None
+        self._sender = Sender()
         self._last_cleanup = 0.0
 
     def stop(self) -> None:
@@ -102,30 +112,14 @@ class Relay:
             return 0
         if not messages:
             return 0
-        result = self._publish(messages)
-        self._settle(result)
+        self._settle(self._sender.publish(messages))
         return len(messages)
-
-    def _publish(self, messages: list[Message]) -> PublishResult:
-        try:
-            if self._transport is None:
-                self._transport = import_string(conf.get("DBEVENTS_TRANSPORT"))()
-            assert self._transport is not None
-            result = self._transport.publish(messages)
-        except Exception as exc:
-            result = PublishResult(failed=list(messages), error=exc)
-        if result.error is not None and self._transport is not None:
-            self._transport.close()
-            self._transport = None
-        return result
 
     def _settle(self, result: PublishResult) -> None:
         try:
-            outbox.mark_published(result.confirmed, result.returned)
+            record(result.confirmed, result.returned)
         finally:
             self.published += len(result.confirmed)
-            if result.returned:
-                log_returned(result.returned)
             if result.failed:
                 self.failed += len(result.failed)
                 exc = result.error
@@ -154,8 +148,6 @@ class Relay:
                             "from %r", self.worker_id, deleted, alias)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        self._sender.reset()
         for alias in self.aliases:
             connections[alias].close()

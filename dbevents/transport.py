@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.utils.module_loading import import_string
 
 from dbevents import conf, runtime
-from dbevents.events import HEADER_EVENT_ID, HEADER_MODEL, HEADER_PK, Event
+from dbevents.events import HEADER_EVENT_ID, HEADER_MODEL, HEADER_PK, Event, describe_events
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -97,13 +97,12 @@ def _codec() -> tuple[str, str, Any]:
     return content_type, content_encoding, lambda data: dumps(data, serializer=name)[2]
 
 
-def encode(events: Sequence[Event], *, alias: str | None = None,
-           outbox_ids: Sequence[int] | None = None) -> list[Message]:
+def encode(events: Sequence[Event], *, alias: str | None = None) -> list[Message]:
     """Serialize ``events`` the way nameko's dispatcher would (``NAMEKO_CONFIG["SERIALIZER"]``,
     default JSON). Raises when a payload cannot be serialized."""
     content_type, content_encoding, encoder = _codec()
     out = []
-    for i, event in enumerate(events):
+    for event in events:
         body = encoder(event.payload)
         out.append(Message(
             service_name=event.service_name,
@@ -112,7 +111,6 @@ def encode(events: Sequence[Event], *, alias: str | None = None,
             content_type=content_type,
             content_encoding=content_encoding,
             headers=dict(event.headers),
-            outbox_id=outbox_ids[i] if outbox_ids is not None else None,
             alias=alias,
         ))
     return out
@@ -220,12 +218,18 @@ class NamekoTransport:
         self._settle(tag, multiple, self._nacked)
 
     def _settle(self, tag: int, multiple: bool, into: set[int]) -> None:
-        if multiple:
-            done = [t for t in self._outstanding if t <= tag]
-        else:
-            done = [tag] if tag in self._outstanding else []
-        for t in done:
-            into.add(self._outstanding.pop(t))
+        if not multiple:
+            index = self._outstanding.pop(tag, None)
+            if index is not None:
+                into.add(index)
+            return
+        # Tags were added in increasing order, so the ones up to ``tag`` are at the front.
+        outstanding = self._outstanding
+        while outstanding:
+            first = next(iter(outstanding))
+            if first > tag:
+                break
+            into.add(outstanding.pop(first))
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         headers = getattr(message, "headers", None) or getattr(message, "properties", {}).get("application_headers") or {}
@@ -243,7 +247,6 @@ class NamekoTransport:
         self._acked.clear()
         self._nacked.clear()
         self._returned.clear()
-        sent = 0
         try:
             if self.connection is None:
                 self._connect()
@@ -264,10 +267,9 @@ class NamekoTransport:
                     self._outstanding[self._tag] = index
                     if size >= _WRITE_CHUNK:
                         write(b"".join(pending))
-                        pending, size, sent = [], 0, index + 1
+                        pending, size = [], 0
                 if pending:
                     write(b"".join(pending))
-                sent = len(messages)
             else:
                 for index, message in enumerate(messages):
                     exchange = self._exchange(message.service_name)
@@ -277,7 +279,6 @@ class NamekoTransport:
                     )
                     channel.basic_publish(amqp_message, exchange=exchange, routing_key=message.routing_key,
                                           mandatory=mandatory)
-                    sent = index + 1
                     self._acked.add(index)
             self._wait_for_confirms()
         except Exception as exc:  # the connection is unusable: what is unconfirmed has failed
@@ -285,7 +286,7 @@ class NamekoTransport:
             self.close()
         for index, message in enumerate(messages):
             reason = self._returned.get(message.event_id)
-            if reason is not None and (index in self._acked or index in self._nacked or index >= sent):
+            if reason is not None:   # it reached the broker, which had nowhere to route it
                 result.returned.append((message, reason))
             elif index in self._acked:
                 result.confirmed.append(message)
@@ -394,6 +395,44 @@ def _close_quietly(connection: Any) -> None:
             logger.debug("dbevents: releasing a broken broker connection: %s", again)
 
 
+class Sender:
+    """The transport named by ``DBEVENTS_TRANSPORT``, built on first use and rebuilt after a
+    failure or :meth:`reset`. :meth:`publish` never raises: a transport that cannot even be
+    built fails the whole batch. Shared by the publisher thread and the relay."""
+
+    def __init__(self) -> None:
+        self._transport: Transport | None = None
+
+    def publish(self, messages: Sequence[Message]) -> PublishResult:
+        try:
+            if self._transport is None:
+                self._transport = import_string(conf.get("DBEVENTS_TRANSPORT"))()
+            assert self._transport is not None
+            result = self._transport.publish(messages)
+        except Exception as exc:
+            result = PublishResult(failed=list(messages), error=exc)
+        if result.error is not None:
+            self.reset()
+        return result
+
+    def reset(self) -> None:
+        """Close the transport; the next publish builds a new one (new connection, settings)."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+
+def record(done: Sequence[Message], returned: Sequence[tuple[Message, str]]) -> None:
+    """After a publish: log what the broker returned, and mark the outbox rows of confirmed and
+    returned messages as sent."""
+    if returned:
+        log_returned(returned)
+    if any(m.outbox_id is not None for m in done) or any(m.outbox_id is not None for m, _ in returned):
+        from dbevents import outbox
+
+        outbox.mark_published(done, returned)
+
+
 # ---------------------------------------------------------------------- the publisher thread
 
 
@@ -412,7 +451,7 @@ class Batch:
     def describe(self) -> str:
         if self.messages is not None:
             return ", ".join(m.describe() for m in self.messages)
-        return _ids(self.events)
+        return describe_events(self.events)
 
 
 class Dispatcher:
@@ -433,7 +472,7 @@ class Dispatcher:
         self._queued = 0
         self._busy = False
         self._thread: threading.Thread | None = None
-        self._transport: Transport | None = None
+        self._sender = Sender()
         self._stale = False
         self._current: list[Batch] = []   # the batches being published
         self._release = False
@@ -485,23 +524,20 @@ class Dispatcher:
         self._stale = True
 
     def _run(self) -> None:
-        holding_db = False
         while True:
             with self._cond:
                 while not self._queue:
                     if self._release:
-                        if holding_db:
-                            _close_db_connections()
-                            holding_db = False
+                        _close_db_connections()
                         self._release = False
                         self._cond.notify_all()
-                    elif not holding_db:
+                    elif not _holds_db_connections():
                         self._cond.wait()
                     elif not self._cond.wait(self.idle_release) and not self._queue:
-                        # Idle: a database connection held by this thread would outlive the
-                        # request cycle that closes the others (and block dropping a test DB).
+                        # Idle: a database connection held by this thread (marking outbox rows)
+                        # would outlive the request cycle that closes the others (and block
+                        # dropping a test database).
                         _close_db_connections()
-                        holding_db = False
                 taken: list[Batch] = []
                 size = 0
                 limit = max(1, int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE")))
@@ -511,7 +547,7 @@ class Dispatcher:
                 self._current = taken
                 self._busy = True
             try:
-                holding_db = self._deliver(taken) or holding_db
+                self._deliver(taken)
             except Exception:  # never let the thread die: later batches still need it
                 logger.exception("dbevents: the publisher failed on %d event(s): %s", size,
                                  "; ".join(b.describe() for b in taken))
@@ -522,8 +558,9 @@ class Dispatcher:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _deliver(self, batches: list[Batch]) -> bool:
-        """Publish ``batches``; True when outbox rows were marked (a DB connection is open)."""
+    def _deliver(self, batches: list[Batch]) -> None:
+        """Publish ``batches``: retry what is not confirmed, then give it up (direct) or leave it
+        to the relay (outbox); mark what went out."""
         messages: list[Message] = []
         for batch in batches:
             if batch.messages is not None:
@@ -533,9 +570,8 @@ class Dispatcher:
                 messages.extend(encode(batch.events, alias=batch.alias))
             except Exception:
                 logger.exception("dbevents: the events of a transaction cannot be serialized for the broker; "
-                                 "events lost: %s", _ids(batch.events))
+                                 "events lost: %s", describe_events(batch.events))
         pending = messages
-        holding_db = False
         attempts = max(1, int(conf.get("DBEVENTS_PUBLISH_RETRIES")))
         delay = float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY"))
         done: list[Message] = []
@@ -551,27 +587,24 @@ class Dispatcher:
             why = f"{type(exc).__name__}: {exc}" if exc is not None else "not confirmed"
             if attempt == attempts or self._stopping:
                 self._give_up(pending, [], f"publishing failed after {attempt} attempt(s) ({why})", exc)
-                holding_db = self._hand_to_relay(pending, why)
+                self._hand_to_relay(pending, why)
                 break
             logger.warning(
                 "dbevents: %d of %d event(s) not confirmed by the broker (attempt %d of %d, %s); retrying in %.1fs",
                 len(pending), len(messages), attempt, attempts, why, delay,
             )
-            self._stale = True
             time.sleep(delay)
             delay = min(delay * 2, float(conf.get("DBEVENTS_PUBLISH_RETRY_MAX_DELAY")))
-        if returned:
-            log_returned(returned)
         if done:
             logger.debug("dbevents: published %d event(s)", len(done))
-        return _mark_outbox(done, returned) or holding_db
+        record(done, returned)
 
-    def _hand_to_relay(self, messages: list[Message], why: str) -> bool:
+    def _hand_to_relay(self, messages: list[Message], why: str) -> None:
         """End this process's lease on outbox rows it could not publish, so that a relay takes
         them at their next back-off instead of after DBEVENTS_OUTBOX_LEASE."""
         in_outbox = [m for m in messages if m.outbox_id is not None]
         if not in_outbox:
-            return False
+            return
         from dbevents import outbox
 
         try:
@@ -579,12 +612,11 @@ class Dispatcher:
         except Exception:
             logger.exception("dbevents: could not hand %d outbox row(s) to the relay; it takes them when "
                              "their lease (DBEVENTS_OUTBOX_LEASE) ends", len(in_outbox))
-        return True
 
     def _give_up(self, messages: list[Message] | None, events: list[Event], why: str,
                  exc: BaseException | None = None) -> None:
         in_outbox = [m for m in messages or () if m.outbox_id is not None]
-        lost = [m.describe() for m in messages or () if m.outbox_id is None] + [_describe(e) for e in events]
+        lost = [m.describe() for m in messages or () if m.outbox_id is None] + [e.describe() for e in events]
         if in_outbox:
             # Not lost: the rows say which; the log names the first ones.
             more = f" ... and {len(in_outbox) - 50} more" if len(in_outbox) > 50 else ""
@@ -595,18 +627,10 @@ class Dispatcher:
                          exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
 
     def _publish(self, messages: list[Message]) -> PublishResult:
-        if self._stale and self._transport is not None:
-            transport, self._transport = self._transport, None
-            transport.close()
-        self._stale = False
-        try:
-            if self._transport is None:
-                self._transport = import_string(conf.get("DBEVENTS_TRANSPORT"))()
-            assert self._transport is not None
-            return self._transport.publish(messages)
-        except Exception as exc:
-            self._stale = True
-            return PublishResult(failed=list(messages), error=exc)
+        if self._stale:
+            self._stale = False
+            self._sender.reset()
+        return self._sender.publish(messages)
 
     def shutdown(self) -> None:
         """At interpreter exit: give queued events DBEVENTS_SHUTDOWN_TIMEOUT to go out, then
@@ -622,7 +646,7 @@ class Dispatcher:
         self.release_connections(2.0)
 
 
-def log_returned(returned: list[tuple[Message, str]]) -> None:
+def log_returned(returned: Sequence[tuple[Message, str]]) -> None:
     """One ERROR per reason: the broker returned these messages as unroutable."""
     by_reason: dict[str, list[str]] = {}
     for message, reason in returned:
@@ -633,13 +657,11 @@ def log_returned(returned: list[tuple[Message, str]]) -> None:
                      ", ".join(ids))
 
 
-def _mark_outbox(done: list[Message], returned: list[tuple[Message, str]]) -> bool:
-    if not any(m.outbox_id is not None for m in done) and not any(m.outbox_id is not None for m, _ in returned):
-        return False
-    from dbevents import outbox
+def _holds_db_connections() -> bool:
+    """Whether this thread has a database connection open (it marked outbox rows)."""
+    from django.db import connections
 
-    outbox.mark_published(done, returned)
-    return True
+    return any(conn.connection is not None for conn in connections.all(initialized_only=True))
 
 
 def _close_db_connections() -> None:
@@ -647,14 +669,6 @@ def _close_db_connections() -> None:
 
     for conn in connections.all(initialized_only=True):
         conn.close()
-
-
-def _describe(event: Event) -> str:
-    return f"{event.id} ({event.name} {event.model} pk={event.pk})"
-
-
-def _ids(events: list[Event]) -> str:
-    return ", ".join(_describe(e) for e in events)
 
 
 _dispatcher: Dispatcher | None = None

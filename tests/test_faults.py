@@ -156,15 +156,25 @@ def wait_until_some_arrive(broker, process, timeout=30.0):
     raise AssertionError("the relay published nothing")
 
 
+def interrupt_relay_mid_run(broker, uri, worker, batch_size, signum):
+    """Start a relay, send it ``signum`` as soon as its first events reach the consumer, and
+    return its (stdout, stderr) and exit code."""
+    relay = relay_process(uri, "--worker-id", worker, "--batch-size", str(batch_size))
+    wait_until_some_arrive(broker, relay)
+    relay.send_signal(signum)
+    out, err = relay.communicate(timeout=30)
+    return out, err, relay.returncode
+
+
+def leased_to(worker):
+    return OutboxMessage.objects.filter(sent_at__isnull=True, lease_owner__startswith=f"{worker}:")
+
+
 @needs_shared_database
 def test_relay_killed_mid_batch_a_restarted_relay_finishes(broker, proxy, rabbitmq_uri):
     events, _ = commit_while_broker_refuses(proxy, 20_000)
-    relay = relay_process(rabbitmq_uri, "--worker-id", "relay-a", "--batch-size", "2000")
-    wait_until_some_arrive(broker, relay)
-    relay.send_signal(signal.SIGKILL)
-    relay.communicate(timeout=30)
-    leased = OutboxMessage.objects.filter(sent_at__isnull=True, lease_owner__startswith="relay-a:").count()
-    assert leased > 0, "the relay was not killed in the middle of a batch"
+    interrupt_relay_mid_run(broker, rabbitmq_uri, "relay-a", 2000, signal.SIGKILL)
+    assert leased_to("relay-a").exists(), "the relay was not killed in the middle of a batch"
     restarted = relay_process(rabbitmq_uri, "--worker-id", "relay-a", "--batch-size", "2000", "--once")
     out, err = restarted.communicate(timeout=120)
     assert restarted.returncode == 0, err
@@ -190,14 +200,11 @@ def test_two_relays_at_once_publish_no_event_twice(broker, proxy, rabbitmq_uri):
 @needs_shared_database
 def test_relay_stops_cleanly_on_sigterm(broker, proxy, rabbitmq_uri):
     events, _ = commit_while_broker_refuses(proxy, 20_000)
-    relay = relay_process(rabbitmq_uri, "--worker-id", "relay-t", "--batch-size", "1000")
-    wait_until_some_arrive(broker, relay)
-    relay.send_signal(signal.SIGTERM)
-    out, err = relay.communicate(timeout=30)
-    assert relay.returncode == 0, err
+    out, err, code = interrupt_relay_mid_run(broker, rabbitmq_uri, "relay-t", 1000, signal.SIGTERM)
+    assert code == 0, err
     assert "SIGTERM, finishing the batch in hand" in err and "stopped; published" in out
     # It finished its batch: nothing stays leased to it.
-    assert not OutboxMessage.objects.filter(sent_at__isnull=True, lease_owner__startswith="relay-t:").exists()
+    assert not leased_to("relay-t").exists()
     finisher = relay_process(rabbitmq_uri, "--once")
     assert finisher.wait(120) == 0
     ids, duplicates = report("relay stopped with SIGTERM", len(events), broker.drain())

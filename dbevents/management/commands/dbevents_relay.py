@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dbevents.relay import Relay, outbox_aliases
+from dbevents.relay import Relay, chosen_aliases
 
 
 class Command(BaseCommand):
@@ -35,12 +35,10 @@ class Command(BaseCommand):
                                  "(default 300).")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        known = outbox_aliases()
-        aliases = options["databases"] or known
-        unknown = sorted(set(aliases) - set(known))
-        if unknown:
-            raise CommandError(f"--database {', '.join(unknown)}: no outbox there (databases with a dbevents "
-                               f"ENGINE where the dbevents app migrates: {known or 'none'}).")
+        try:
+            aliases = chosen_aliases(options["databases"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         if options["batch_size"] < 1:
             raise CommandError(f"--batch-size {options['batch_size']}: must be at least 1.")
         if not aliases:

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dbevents import outbox
-from dbevents.relay import outbox_aliases
+from dbevents.relay import chosen_aliases
 
 
 class Command(BaseCommand):
@@ -26,12 +26,10 @@ class Command(BaseCommand):
                             help="Exit 2 when more than N events are pending.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        known = outbox_aliases()
-        aliases = options["databases"] or known
-        unknown = sorted(set(aliases) - set(known))
-        if unknown:
-            raise CommandError(f"--database {', '.join(unknown)}: no outbox there (databases with one: "
-                               f"{known or 'none'}).")
+        try:
+            aliases = chosen_aliases(options["databases"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         rows = [outbox.stats(alias) for alias in aliases]
         if options["json"]:
             self.stdout.write(json.dumps(rows, indent=2))
