@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dbevents import conf, runtime
+from dbevents import conf, runtime, sqlite_gate
 from dbevents.registry import ModelEntry, TableInfo, get_registry, table_key
 from dbevents.sql import Statement, analyse, params_between, pk_only_where, values_rows, write_target
 
@@ -171,6 +171,10 @@ class ConnectionCapture:
         self.last_mark = 0             # statement_no at the latest savepoint
         self._layouts: dict[type[Model], list[tuple[str, int]]] = {}
         self._converters: dict[str, list[Any]] = {}
+        # SQLite: statements coordinate with the publisher thread's outbox writes.
+        self.gated = connection.vendor == "sqlite"
+        if self.gated:
+            sqlite_gate.register(connection)
 
     @contextmanager
     def pause(self) -> Iterator[None]:
@@ -184,6 +188,15 @@ class ConnectionCapture:
     # ------------------------------------------------------------------ the execute wrapper
 
     def __call__(self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        if self.gated:
+            sqlite_gate.enter(self.connection)
+            try:
+                return self._statement(execute, sql, params, many, context)
+            finally:
+                sqlite_gate.leave(self.connection)
+        return self._statement(execute, sql, params, many, context)
+
+    def _statement(self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
         if type(sql) is not str or self.paused:
             return execute(sql, params, many, context)
         target = write_target(sql)
@@ -358,7 +371,7 @@ class ConnectionCapture:
             converted = self._convert(info, value)
             if existing is not None and act == CREATED and self._existed(info, converted, existing):
                 act = UPDATED
-            recorded.append((self._pk_of(info, converted), converted, act))
+            recorded.append((info.pk_of(converted), converted, act))
         if stmt.kind == "insert" and stmt.returning is None and self.connection.vendor == "mysql" and recorded:
             # RETURNING makes MySQLdb report neither the first new id nor upsert's 2-per-update
             # row count: give Django's cursor what the plain statement would have.
@@ -385,7 +398,7 @@ class ConnectionCapture:
 
     def _existed(self, info: TableInfo, row: tuple[Any, ...], existing: Any) -> bool:
         kind, value = existing
-        pk = self._pk_of(info, row)
+        pk = info.pk_of(row)
         if kind == "keys":
             before, given = value
             # A row that conflicted on another unique key keeps its own, older key.
@@ -399,7 +412,6 @@ class ConnectionCapture:
         """Databases without RETURNING for this statement (MySQL; MariaDB UPDATE and multi-table
         DELETE). Runs inside a transaction: the caller's, or one of its own."""
         action = {"insert": CREATED, "update": UPDATED, "delete": DELETED}[stmt.kind]
-        pk_field = info.pk
         if stmt.kind == "insert":
             return self._insert_without_returning(stmt, info, run, params, context, mutes)
         sql = stmt.sql
@@ -407,11 +419,11 @@ class ConnectionCapture:
         deleted_rows: list[tuple[Any, ...]] = []
         if stmt.kind == "delete":
             deleted_rows = self._select_rows(stmt, info, params)
-            keys = [self._pk_of(info, r) for r in deleted_rows]
+            keys = [info.pk_of(r) for r in deleted_rows]
         elif known is not None:
             keys = list(known)
         else:
-            keys = [pk_field.to_python(r[0]) for r in self._select_rows(stmt, info, params, pk_only=True)]
+            keys = [info.pk_to_python(r) for r in self._select_rows(stmt, info, params, pk_only=True)]
         self._settle_conflicts(info, action, set(keys), False)
         if known is None or set(keys) != set(known):
             sql, params = self._restrict(stmt, info, params, keys)
@@ -420,7 +432,7 @@ class ConnectionCapture:
             keys = self._matched_keys(info, keys, context["cursor"].cursor.rowcount)
         order = self._next_statement()
         if stmt.kind == "delete":
-            self._record(info, order, [(self._pk_of(info, r), r, action) for r in deleted_rows], mutes)
+            self._record(info, order, [(info.pk_of(r), r, action) for r in deleted_rows], mutes)
         else:
             self._record(info, order, [(k, None, action) for k in keys], mutes)
             if own_transaction:
@@ -501,7 +513,7 @@ class ConnectionCapture:
         """SELECT (and lock) the rows an UPDATE/DELETE is about to write, with its own WHERE."""
         qn = self.connection.ops.quote_name
         if pk_only:
-            cols = f"{stmt.ref}.{qn(_column(info.pk))}"
+            cols = ", ".join(f"{stmt.ref}.{qn(_column(f))}" for f in info.pk_fields)
         else:
             cols = ", ".join(f"{stmt.ref}.{qn(_column(f))}" for f in info.fields)
         where = f" WHERE {stmt.sql[stmt.where[0]:stmt.where[1]]}" if stmt.where else ""
@@ -515,34 +527,33 @@ class ConnectionCapture:
         rows = self._query(f"SELECT {cols} FROM {stmt.source}{where} {tail}{lock}", select_params)
         # A join can meet a row several times.
         if pk_only:
-            return list({r[0]: r for r in rows}.values())
+            return list({tuple(r): r for r in rows}.values())
         unique: dict[Any, tuple[Any, ...]] = {}
         for r in rows:
             converted = self._convert(info, r)
-            unique.setdefault(self._pk_of(info, converted), converted)
+            unique.setdefault(info.pk_of(converted), converted)
         return list(unique.values())
 
     def _restrict(self, stmt: Statement, info: TableInfo, params: Any, keys: list[Any]) -> tuple[str, Any]:
         """Limit an UPDATE/DELETE to the rows capture locked, so concurrently inserted rows
         that match its WHERE cannot be written without an event."""
-        qn = self.connection.ops.quote_name
-        col = f"{stmt.ref}.{qn(_column(info.pk))}"
-        prep = [info.pk.get_db_prep_value(k, self.connection) for k in keys]
+        col = self._key_columns(info, stmt.ref)
+        prep = [v for k in keys for v in info.pk_db_values(k, self.connection)]
         sql = stmt.sql
         if params is None:
             sql = sql.replace("%", "%%")
             params = []
         if isinstance(params, dict):
             names = [f"dbevents_pk_{i}" for i in range(len(prep))]
-            marks = ", ".join(f"%({n})s" for n in names)
+            marks = _key_list([f"%({n})s" for n in names], len(info.pk_fields))
             new_params: Any = {**params, **dict(zip(names, prep, strict=True))}
         else:
-            marks = ", ".join(["%s"] * len(prep))
+            marks = _key_list(["%s"] * len(prep), len(info.pk_fields))
             plist = list(params)
             cut = stmt.count_params_before(stmt.where_end)
             new_params = plist[:cut] + prep + plist[cut:]
         cond = f"{col} IN ({marks})" if prep else "1 = 0"
-        if len(prep) > _RESTRICT_BY_RANGE and info.pk.get_internal_type() in _INTEGER_TYPES:
+        if len(prep) > _RESTRICT_BY_RANGE and not info.composite and info.pk.get_internal_type() in _INTEGER_TYPES:
             # Beyond this many keys the list would strain max_allowed_packet. The range of the
             # locked keys is exact unless another transaction, between the SELECT and this
             # statement, makes a row inside it match the WHERE (see README).
@@ -566,7 +577,8 @@ class ConnectionCapture:
         """Keys a statement touches when its own parameters say so; None when they don't."""
         if stmt.kind == "insert":
             return None
-        if stmt.where is None or isinstance(params, dict) or not pk_only_where(stmt, _column(info.pk)):
+        if (stmt.where is None or isinstance(params, dict) or info.composite
+                or not pk_only_where(stmt, _column(info.pk))):
             return None
         values = params_between(stmt, params, stmt.where[0], stmt.where[1])
         return {info.pk.to_python(v) for v in values}
@@ -574,11 +586,11 @@ class ConnectionCapture:
     def _given_keys(self, stmt: Statement, info: TableInfo, params: Any) -> list[Any] | None:
         """The primary keys an INSERT's VALUES name, when they are plain parameters."""
         rows = values_rows(stmt, params)
-        pk_col = _column(info.pk).lower()
-        if rows is None or not stmt.columns or pk_col not in stmt.columns:
+        pk_cols = [_column(f).lower() for f in info.pk_fields]
+        if rows is None or not stmt.columns or not all(c in stmt.columns for c in pk_cols):
             return None
-        idx = stmt.columns.index(pk_col)
-        return [info.pk.to_python(r[idx]) for r in rows]
+        indexes = [stmt.columns.index(c) for c in pk_cols]
+        return [info.pk_to_python(tuple(r[i] for i in indexes)) for r in rows]
 
     def _query(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """Run capture's own SELECT on a bare driver cursor: no execute wrappers, not in
@@ -613,26 +625,31 @@ class ConnectionCapture:
             out.append(value)
         return tuple(out)
 
-    def _pk_of(self, info: TableInfo, row: tuple[Any, ...]) -> Any:
-        return row[info.pk_index]
-
     def _by_keys(self, info: TableInfo, keys: list[Any], fields: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
         """``SELECT <fields> FROM <table> WHERE pk IN (<keys>)``, in chunks the database accepts;
         yields converted rows."""
         qn = self.connection.ops.quote_name
         cols = ", ".join(qn(_column(f)) for f in fields)
-        size = max(1, min((self.connection.features.max_query_params or 10_000) - 10, 10_000))
+        width = len(info.pk_fields)
+        size = max(1, min((self.connection.features.max_query_params or 10_000) - 10, 10_000) // width)
         keys = list(dict.fromkeys(keys))
+        table = qn(info.model._meta.db_table)
         for i in range(0, len(keys), size):
             chunk = keys[i:i + size]
-            marks = ", ".join(["%s"] * len(chunk))
-            prep = [info.pk.get_db_prep_value(k, self.connection) for k in chunk]
-            sql = f"SELECT {cols} FROM {qn(info.model._meta.db_table)} WHERE {qn(_column(info.pk))} IN ({marks})"
+            marks = _key_list(["%s"] * (len(chunk) * width), width)
+            prep = [v for k in chunk for v in info.pk_db_values(k, self.connection)]
+            sql = f"SELECT {cols} FROM {table} WHERE {self._key_columns(info, None)} IN ({marks})"
             for raw in self._query(sql, prep):
-                yield self._convert(info, raw) if len(fields) > 1 else (info.pk.to_python(raw[0]),)
+                yield self._convert(info, raw) if fields is info.fields else raw
 
     def _existing_keys(self, info: TableInfo, keys: list[Any]) -> list[Any]:
-        return [row[0] for row in self._by_keys(info, keys, [info.pk])]
+        return [info.pk_to_python(row) for row in self._by_keys(info, keys, info.pk_fields)]
+
+    def _key_columns(self, info: TableInfo, ref: str | None) -> str:
+        """The primary key's column reference(s): ``t."id"``, or ``(t."a", t."b")``."""
+        qn = self.connection.ops.quote_name
+        cols = [f"{ref}.{qn(_column(f))}" if ref else qn(_column(f)) for f in info.pk_fields]
+        return cols[0] if len(cols) == 1 else f"({', '.join(cols)})"
 
     # ------------------------------------------------------------------ recording
 
@@ -762,7 +779,7 @@ class ConnectionCapture:
             self.groups = [g for g in self.groups if id(g) not in dropped]
 
     def _load_parts(self, info: TableInfo, pks: list[Any]) -> dict[Any, tuple[Any, ...]]:
-        return {self._pk_of(info, row): row for row in self._by_keys(info, pks, info.fields)}
+        return {info.pk_of(row): row for row in self._by_keys(info, pks, info.fields)}
 
     def _build(self, group: Group) -> Model | None:
         model = group.entry.model  # type: ignore[union-attr]
@@ -922,6 +939,14 @@ def _buffer_result(context: dict[str, Any]) -> None:
         return
     rows = raw.fetchall()
     wrapper.cursor = ReplayCursor(wrapper, raw, rows, raw.description, rowcount=raw.rowcount, lastrowid=raw.lastrowid)
+
+
+def _key_list(marks: list[str], width: int) -> str:
+    """Placeholders for ``IN (...)``: ``%s, %s`` for single-column keys, ``(%s, %s), (%s, %s)``
+    for composite ones."""
+    if width == 1:
+        return ", ".join(marks)
+    return ", ".join(f"({', '.join(marks[i:i + width])})" for i in range(0, len(marks), width))
 
 
 def _fold(value: Any) -> Any:

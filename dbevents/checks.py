@@ -82,13 +82,6 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
             ))
         else:
             seen[concrete] = i
-        pk = model._meta.pk
-        if pk is None or pk.__class__.__name__ == "CompositePrimaryKey":
-            errors.append(checks.Error(
-                f"{where} registers {label!r}, which has a composite primary key.",
-                hint="dbevents needs a single-column primary key; remove the entry.",
-                id="dbevents.E009",
-            ))
         path = item.get("serializer")
         if path is not None:
             errors.extend(_check_serializer(where, label, path))

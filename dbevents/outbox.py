@@ -28,7 +28,7 @@ from django.db import connections, transaction
 from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
-from dbevents import conf
+from dbevents import conf, sqlite_gate
 from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID
 from dbevents.transport import Message, headers_json
 
@@ -180,9 +180,13 @@ def _retrying(alias: str, work: Callable[[], Any], attempts: int = 5) -> Any:
     was busy (SQLite answers "database table is locked" at once while a writer commits)."""
     from django.db import DatabaseError
 
+    gated = connections[alias].vendor == "sqlite"
     for attempt in range(1, attempts + 1):
         try:
-            return work()
+            if not gated:
+                return work()
+            with sqlite_gate.exclusive(float(conf.get("DBEVENTS_OUTBOX_LEASE")) / 2):
+                return work()
         except DatabaseError:
             if attempt == attempts:
                 raise

@@ -106,8 +106,32 @@ class TableInfo:
     depth: int                         # number of concrete parents
     entry: ModelEntry | None           # when the owning model (or a proxy of it) is registered
     descendants: tuple[ModelEntry, ...]  # registered strict descendants, most derived first
-    pk_index: int = 0                  # position of ``pk`` in ``fields``
+    pk_fields: tuple[Field, ...] = ()  # the primary key's columns: one, or a composite key's
+    pk_indexes: tuple[int, ...] = ()   # their positions in ``fields``
     labels: tuple[str, ...] = ()       # labels of ``entry`` and ``descendants``: what muting checks
+
+    @property
+    def composite(self) -> bool:
+        """Whether the primary key has several columns (Django 5.2 ``CompositePrimaryKey``)."""
+        return len(self.pk_fields) > 1
+
+    def pk_of(self, row: tuple[Any, ...]) -> Any:
+        """The primary key of a row of ``fields``: a value, or a tuple for a composite key
+        (what ``instance.pk`` is)."""
+        if len(self.pk_indexes) == 1:
+            return row[self.pk_indexes[0]]
+        return tuple(row[i] for i in self.pk_indexes)
+
+    def pk_to_python(self, values: tuple[Any, ...]) -> Any:
+        """The key from the database values of its columns, in ``pk_fields`` order."""
+        if len(self.pk_fields) == 1:
+            return self.pk_fields[0].to_python(values[0])
+        return tuple(f.to_python(v) for f, v in zip(self.pk_fields, values, strict=True))
+
+    def pk_db_values(self, pk: Any, connection: Any) -> list[Any]:
+        """A key's column values prepared for the database, in ``pk_fields`` order."""
+        parts = pk if self.composite else (pk,)
+        return [f.get_db_prep_value(v, connection) for f, v in zip(self.pk_fields, parts, strict=True)]
 
 
 class Registry:
@@ -120,18 +144,30 @@ class Registry:
             self.entries.setdefault(entry.model, entry)
             self.by_label.setdefault(entry.label.lower(), entry)
         self.tables: dict[str, TableInfo] = {}
-        for entry in self.entries.values():
+        for entry in list(self.entries.values()):
             concrete: Any = entry.model._meta.concrete_model
             chain = [concrete, *concrete._meta.get_parent_list()]
+            try:
+                watched = {
+                    key: self._describe(model)
+                    for model in chain if (key := table_key(model._meta.db_table)) not in self.tables
+                }
+            except Exception:
+                # One entry dbevents cannot describe must not break the writes of the others.
+                logger.exception("dbevents: %s cannot be captured; its MODELS_CRUD_EVENT entry is ignored", entry.label)
+                del self.entries[entry.model]
+                self.by_label.pop(entry.label.lower(), None)
+                continue
             entry.tables = tuple(table_key(m._meta.db_table) for m in chain)
-            for model in chain:
-                self._watch(model)
+            for key, info in watched.items():
+                self.tables[key] = info
+                # Raw SQL may name a schema-qualified table without its schema (search_path).
+                if "." in key:
+                    self.tables.setdefault(key.rsplit(".", 1)[1], info)
 
-    def _watch(self, model: type[Model]) -> None:
+    def _describe(self, model: type[Model]) -> TableInfo:
         meta = model._meta
         key = table_key(meta.db_table)
-        if key in self.tables:
-            return
         chain: list[Any] = [model, *meta.get_parent_list()]
         root = chain[-1]._meta.concrete_model
         entry = self.entries.get(model) or next(
@@ -145,16 +181,14 @@ class Registry:
             key=lambda e: -len(e.model._meta.get_parent_list()),
         )
         fields = tuple(meta.local_concrete_fields)
+        pk_fields = tuple(getattr(meta, "pk_fields", None) or [meta.pk])
         info = TableInfo(
             key=key, model=model, fields=fields, pk=meta.pk, root=root,
             depth=len(meta.get_parent_list()), entry=entry, descendants=tuple(descendants),
-            pk_index=fields.index(meta.pk),
+            pk_fields=pk_fields, pk_indexes=tuple(fields.index(f) for f in pk_fields),
             labels=tuple(e.label for e in ([entry] if entry else []) + descendants),
         )
-        self.tables[key] = info
-        # Raw SQL may name a schema-qualified table without its schema (search_path).
-        if "." in key:
-            self.tables.setdefault(key.rsplit(".", 1)[1], info)
+        return info
 
 
 def build_entries(raw: Any) -> list[ModelEntry]:

@@ -33,7 +33,10 @@ def event_name(entry: ModelEntry, action: str, instance: Any) -> str:
 
 
 def header_pk(pk: Any) -> Any:
-    """Primary keys travel as int when they are ints, else as str (AMQP header types)."""
+    """Primary keys travel as int when they are ints, else as str (AMQP header types); a
+    composite key as the list of its parts."""
+    if isinstance(pk, tuple):
+        return [header_pk(part) for part in pk]
     return pk if isinstance(pk, int) and not isinstance(pk, bool) else str(pk)
 
 

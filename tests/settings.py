@@ -78,6 +78,7 @@ MODELS_CRUD_EVENT = [
     {"model": "shop.Counter"},
     {"model": "shop.Place"},
     {"model": "shop.Restaurant"},
+    {"model": "shop.Stock", "serializer": "tests.shop.serializers.StockSerializer"},
 ]
 
 DBEVENTS_PUBLISH_RETRY_DELAY = 0.05

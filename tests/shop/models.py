@@ -78,3 +78,11 @@ class Pizzeria(Restaurant):
 class Bar(Place):
     """A registered parent (Place) with an unregistered child: its events are Place events."""
     happy_hour = models.BooleanField(default=False)
+
+
+class Stock(models.Model):
+    """A composite primary key (Django 5.2): events carry the key as a list."""
+    pk = models.CompositePrimaryKey("warehouse", "sku")
+    warehouse = models.CharField(max_length=10)
+    sku = models.CharField(max_length=20)
+    quantity = models.IntegerField(default=0)
