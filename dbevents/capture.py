@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from dbevents import conf, runtime, sqlite_gate
@@ -84,31 +85,68 @@ class Group:
         return (self.root, self.pk)
 
 
+_UNSET: Any = object()
+
+
 class ReplayCursor:
     """Stands in for the driver cursor after capture consumed a statement's result.
 
     It replays the rows Django expects (its own RETURNING columns, without the ones capture
-    added) or presents "no result set" when capture added the RETURNING clause itself, and puts
-    the real cursor back as soon as the next statement runs on it.
+    added) or presents "no result set", as the driver does, when capture added the RETURNING
+    clause itself; it shows the statement as the driver was given it (``shown``) to
+    ``last_executed_query()``, and puts the real cursor back as soon as the next statement runs
+    on it.
     """
 
     def __init__(self, wrapper: Any, raw: Any, rows: list[tuple[Any, ...]] | None,
-                 description: Any, rowcount: int | None = None, lastrowid: Any = None) -> None:
+                 description: Any, rowcount: int | None = None, lastrowid: Any = _UNSET,
+                 shown: tuple[str, Any] | None = None) -> None:
         self._wrapper = wrapper
         self.raw = raw
-        self._rows = rows or []
+        self._rows = rows
         self._pos = 0
         self.description = description
         self._rowcount = rowcount
         self._lastrowid = lastrowid
+        self.shown = shown
 
     @property
     def rowcount(self) -> int:
-        return self.raw.rowcount if self._rowcount is None else self._rowcount
+        if self._rowcount is not None:
+            return self._rowcount
+        if self._rows is not None and self._pos < len(self._rows) and self._wrapper.db.vendor == "sqlite":
+            # sqlite3 counts the rows of a statement with RETURNING once they have all been read.
+            return 0
+        return self.raw.rowcount  # type: ignore[no-any-return]
 
     @property
     def lastrowid(self) -> Any:
-        return self.raw.lastrowid if self._lastrowid is None else self._lastrowid
+        return self.raw.lastrowid if self._lastrowid is _UNSET else self._lastrowid
+
+    # What Django's last_executed_query() reads: psycopg 3's ClientCursor ``_query.query``,
+    # psycopg2's ``query``, MySQLdb's ``_executed`` -- the statement without capture's rewrite.
+    @property
+    def _query(self) -> Any:
+        driver = self.raw._query
+        if self.shown is None or driver is None:
+            return driver
+        return SimpleNamespace(query=self._mogrified(), params=None)
+
+    @property
+    def query(self) -> Any:
+        driver = self.raw.query
+        return driver if self.shown is None or driver is None else self._mogrified()
+
+    @property
+    def _executed(self) -> Any:
+        # MySQLdb sets it once a statement succeeded.
+        driver = self.raw._executed
+        return driver if self.shown is None or driver is None else self._mogrified()
+
+    def _mogrified(self) -> bytes:
+        sql, params = self.shown  # type: ignore[misc]
+        text = self.raw.mogrify(sql, params) if hasattr(self.raw, "mogrify") else sql
+        return text.encode() if isinstance(text, str) else text  # type: ignore[no-any-return]
 
     def _restore(self) -> Any:
         if self._wrapper.cursor is self:
@@ -124,19 +162,37 @@ class ReplayCursor:
     def close(self) -> Any:
         return self._restore().close()
 
+    def _no_result(self, empty: Any) -> Any:
+        """The driver's answer to a fetch after a statement without a result set."""
+        vendor = self._wrapper.db.vendor
+        if vendor == "postgresql":
+            import psycopg
+
+            status = self.raw.pgresult.command_status.decode() if self.raw.pgresult is not None else ""
+            raise psycopg.ProgrammingError(
+                f"the last operation didn't produce records (command status: {status})"
+            )
+        return () if vendor == "mysql" and empty == [] else empty
+
     def fetchone(self) -> tuple[Any, ...] | None:
+        if self._rows is None:
+            return self._no_result(None)  # type: ignore[no-any-return]
         if self._pos >= len(self._rows):
             return None
         self._pos += 1
         return self._rows[self._pos - 1]
 
-    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+    def fetchmany(self, size: int | None = None) -> Any:
+        if self._rows is None:
+            return self._no_result([])
         size = size or getattr(self.raw, "arraysize", 1) or 1
         rows = self._rows[self._pos:self._pos + size]
         self._pos += len(rows)
         return rows
 
-    def fetchall(self) -> list[tuple[Any, ...]]:
+    def fetchall(self) -> Any:
+        if self._rows is None:
+            return self._no_result([])
         rows = self._rows[self._pos:]
         self._pos = len(self._rows)
         return rows
@@ -152,6 +208,36 @@ class ReplayCursor:
             # on the real cursor: step aside, as for the next execute().
             self._restore()
         return value
+
+
+class DriverProxy:
+    """Stands in for the driver cursor while a write to a registered table passes the inner
+    execute wrappers: the statement reaches capture where it reaches the driver, as the
+    wrappers passed it on. Anything else goes to the driver cursor."""
+
+    def __init__(self, capture: ConnectionCapture, wrapper: Any, raw: Any,
+                 watched: tuple[TableInfo, tuple[runtime.Mute, ...]], context: dict[str, Any]) -> None:
+        self._capture = capture
+        self._wrapper = wrapper
+        self.raw = raw
+        self._info, self._mutes = watched
+        self._context = context
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        self._wrapper.cursor = self.raw
+        if type(sql) is not str:
+            return self.raw.execute(sql) if params is None else self.raw.execute(sql, params)
+        return self._capture.capture_execute(self._info, self._mutes, self.raw, sql, params, self._context,
+                                             self._capture._autocommit())
+
+    def executemany(self, sql: Any, param_list: Any) -> Any:
+        self._wrapper.cursor = self.raw
+        if type(sql) is not str:
+            return self.raw.executemany(sql, param_list)
+        return self._capture.capture_executemany(self._info, self._mutes, self.raw, sql, param_list, self._context)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 class ConnectionCapture:
@@ -202,30 +288,57 @@ class ConnectionCapture:
         target = write_target(sql)
         if target is None:
             return execute(sql, params, many, context)
-        return self._capture(target, execute, sql, params, many, context)
-
-    def _capture(self, target: tuple[str, str], execute: Callable[..., Any], sql: str, params: Any,
-                 many: bool, context: dict[str, Any]) -> Any:
-        if not conf.get("DBEVENTS_ENABLED"):
+        watched = self._watched(target, sql)
+        if watched is None:
             return execute(sql, params, many, context)
+        # The statement goes through the inner execute wrappers and Django's query log exactly
+        # as the application wrote it; capture's rewrite happens at the driver (DriverProxy).
+        wrapper = context["cursor"]
+        raw = wrapper.cursor.raw if isinstance(wrapper.cursor, ReplayCursor) else wrapper.cursor
+        proxy = DriverProxy(self, wrapper, raw, watched, context)
+        wrapper.cursor = proxy
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            if wrapper.cursor is proxy:  # an inner wrapper did not run the statement
+                wrapper.cursor = raw
+
+    def _watched(self, target: tuple[str, str], sql: str) -> tuple[TableInfo, tuple[runtime.Mute, ...]] | None:
+        """The registered table a write statement changes (and the mutes in force), or None
+        when capture has nothing to do with it."""
+        if not conf.get("DBEVENTS_ENABLED"):
+            return None
         registry = get_registry()
         kind, key = target
         if kind == "unsupported":
             self._warn_unsupported(sql, registry.tables)
-            return execute(sql, params, many, context)
+            return None
         info = registry.tables.get(key)
         if info is None and "." in key:
             # A schema- or database-qualified name of a table the models name bare.
             info = registry.tables.get(key.rsplit(".", 1)[1])
         if info is None:
-            return execute(sql, params, many, context)
+            return None
         mutes = runtime.mutes.get()
         if mutes and runtime.mutes_everything(mutes, info.labels):
             # Unheard, but it may change rows whose earlier events still need their data.
             self._complete([g for g in self.incomplete if g.root is info.root])
-            return execute(sql, params, many, context)
-        if many:
-            return self._executemany(sql, params, context)
+            return None
+        return info, mutes
+
+    def _autocommit(self) -> bool:
+        return not self.connection.in_atomic_block and self.connection.get_autocommit()
+
+    def capture_execute(self, info: TableInfo, mutes: tuple[runtime.Mute, ...], raw: Any, sql: str, params: Any,
+                        context: dict[str, Any], autocommit: bool) -> Any:
+        """Run one write statement on the driver cursor ``raw`` and record its events; returns
+        what the driver's ``execute()`` returns. ``context["cursor"].cursor`` is ``raw`` on entry
+        and whatever Django must read the result from (``raw`` or a :class:`ReplayCursor`) on
+        exit."""
+
+        def execute(run_sql: str, run_params: Any) -> Any:
+            return raw.execute(run_sql) if run_params is None else raw.execute(run_sql, run_params)
+
         try:
             stmt = analyse(sql, self.connection.vendor)
         except Exception:
@@ -235,8 +348,7 @@ class ConnectionCapture:
         if stmt is None:
             logger.error("dbevents: a write to %s on %r has a shape capture cannot follow; no events "
                          "for it: %.300s", info.model._meta.label, self.connection.alias, sql)
-            return execute(sql, params, many, context)
-        autocommit = not self.connection.in_atomic_block and self.connection.get_autocommit()
+            return execute(sql, params)
         returning = self._uses_returning(stmt)
         # An autocommit statement gets a transaction of its own when the outbox rows must commit
         # with it, or when MySQL must lock the rows it is about to change.
@@ -250,6 +362,67 @@ class ConnectionCapture:
         result = self._run(returning, stmt, info, execute, params, context, mutes, False)
         if autocommit and self.groups:
             self.flush_committed()
+        return result
+
+    def capture_executemany(self, info: TableInfo, mutes: tuple[runtime.Mute, ...], raw: Any, sql: str,
+                            param_list: Any, context: dict[str, Any]) -> Any:
+        """``executemany()``: no driver returns rows from a batch for every statement form, so
+        each parameter set runs as one captured ``execute()`` on the driver cursor -- below the
+        inner execute wrappers and the query log, which see one ``executemany()`` as on the stock
+        engine. Where the driver's batch is all-or-nothing, so is this one."""
+        vendor = self.connection.vendor
+        wrapper = context["cursor"]
+        rows = list(param_list)
+        lastrowid = getattr(raw, "lastrowid", _UNSET)
+        # psycopg runs a batch in one transaction; MySQLdb turns INSERT ... VALUES into one
+        # multi-row statement. SQLite runs the parameter sets one by one.
+        atomic = vendor == "postgresql" or (vendor == "mysql" and write_target(sql) is not None
+                                            and sql.lstrip()[:6].lower() in ("insert", "replac"))
+        autocommit = self._autocommit()
+        ids: list[Any] = []
+
+        def run_all() -> int:
+            total = 0
+            for one in rows:
+                wrapper.cursor = raw
+                self.capture_execute(info, mutes, raw, sql, one, context, autocommit and not atomic)
+                count = wrapper.cursor.rowcount
+                total += max(count, 0) if count is not None else 0
+                if vendor == "mysql":
+                    ids.append(wrapper.cursor.lastrowid)
+            return total
+
+        if autocommit and atomic:
+            total = self._in_raw_transaction(run_all, context)
+        elif atomic and vendor == "mysql":
+            total = self._in_savepoint(run_all)
+        else:
+            total = run_all()
+        stmt = analyse(sql, vendor) if ids else None
+        if stmt is not None and stmt.kind == "insert":
+            # As for one multi-row INSERT: the first generated key, or the last given one.
+            given = stmt.columns is not None and all(_column(f).lower() in stmt.columns for f in info.pk_fields)
+            lastrowid = ids[-1] if given else ids[0]
+        wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=total, lastrowid=lastrowid,
+                                      shown=(sql, rows[-1] if rows else None))
+        # What the driver's executemany() returns: MySQLdb the row count, sqlite3 the cursor.
+        return {"mysql": total, "sqlite": raw}.get(vendor)
+
+    def _in_savepoint(self, run: Callable[[], Any]) -> Any:
+        """Run ``run`` behind a savepoint of the driver's own: on failure its writes and events
+        are undone, the enclosing transaction goes on."""
+        sid = "dbevents_batch"
+        self._execute_own(f"SAVEPOINT {sid}")
+        self.mark_savepoint(sid)
+        try:
+            result = run()
+        except BaseException:
+            self._execute_own(f"ROLLBACK TO SAVEPOINT {sid}")
+            self.rollback_savepoint(sid)
+            raise
+        finally:
+            self.marks.pop(sid, None)
+        self._execute_own(f"RELEASE SAVEPOINT {sid}")
         return result
 
     def _run(self, returning: bool, stmt: Statement, info: TableInfo, execute: Callable[..., Any], params: Any,
@@ -266,23 +439,48 @@ class ConnectionCapture:
         state: dict[str, Any] = {}
 
         def run(sql: str, run_params: Any) -> Any:
-            state["ran"] = True
-            state["result"] = execute(sql, run_params, False, context)
+            state["ran"] = sql
+            state["result"] = execute(sql, run_params)
             return state["result"]
 
         try:
-            return path(stmt, info, run, params, context, *args)
-        except Exception:
+            result = path(stmt, info, run, params, context, *args)
+        except Exception as exc:
+            self._show(stmt, params, state, context)
             label, alias = info.model._meta.label, self.connection.alias
+            if "ran" not in state and self._operational(exc):
+                # A deadlock, lock timeout or lost connection while capture read the rows the
+                # statement is about to change: the statement meets the same rows, and on MySQL
+                # and PostgreSQL the transaction is gone. The application gets the error.
+                logger.info("dbevents: reading the rows of a %s on %s (%r) failed; the error goes to the "
+                            "application", stmt.keyword.upper(), label, alias, exc_info=True)
+                raise
             if "ran" not in state:
                 logger.exception("dbevents: capture failed before a %s on %s (%r); the statement runs uncaptured "
                                  "and its events are lost: %.300s", stmt.keyword.upper(), label, alias, stmt.sql)
-                return execute(stmt.sql, params, False, context)
+                return execute(stmt.sql, params)
             if "result" not in state:
                 raise  # the statement itself failed
             logger.exception("dbevents: the events of a %s on %s (%r) are lost: its rows could not be read",
                              stmt.keyword.upper(), label, alias)
-            return state["result"]
+            result = state["result"]
+        self._show(stmt, params, state, context)
+        return result
+
+    @staticmethod
+    def _show(stmt: Statement, params: Any, state: dict[str, Any], context: dict[str, Any]) -> None:
+        """When capture changed the statement, Django's query log shows it as it was given."""
+        if state.get("ran", stmt.sql) == stmt.sql:
+            return
+        wrapper = context["cursor"]
+        if not isinstance(wrapper.cursor, ReplayCursor):
+            wrapper.cursor = ReplayCursor(wrapper, wrapper.cursor, None, None)
+        wrapper.cursor.shown = (stmt.sql, params)
+
+    def _operational(self, exc: BaseException) -> bool:
+        from django.db import OperationalError
+
+        return isinstance(exc, (OperationalError, self.connection.Database.OperationalError))  # type: ignore[attr-defined]
 
     def _next_statement(self) -> int:
         self.statement_no += 1
@@ -297,24 +495,6 @@ class ConnectionCapture:
                 "UPDATE) mentions registered table(s) %s on %r; it produces no events: %.300s",
                 ", ".join(sorted(set(hit))), self.connection.alias, sql,
             )
-
-    def _executemany(self, sql: str, params: Any, context: dict[str, Any]) -> Any:
-        # RETURNING cannot be used with executemany on any of the drivers, so each parameter set
-        # runs as its own execute() -- through every execute wrapper, this one included -- in one
-        # atomic block, so that a failing row undoes the batch as executemany() would.
-        from django.db import transaction
-
-        wrapper = context["cursor"]
-        total = 0
-        with transaction.atomic(using=self.connection.alias):
-            for one in list(params):
-                wrapper.execute(sql, one)
-                count = wrapper.cursor.rowcount
-                total += max(count, 0) if count is not None else 0
-        raw = wrapper.cursor.raw if isinstance(wrapper.cursor, ReplayCursor) else wrapper.cursor
-        wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=total)
-        # What the driver's executemany() returns: MySQLdb the row count, sqlite3 the cursor.
-        return {"mysql": total, "sqlite": raw}.get(self.connection.vendor)
 
     # ------------------------------------------------------------------ RETURNING path
 
@@ -379,10 +559,18 @@ class ConnectionCapture:
             wrapper.cursor = ReplayCursor(
                 wrapper, raw, None, None,
                 rowcount=len(created) + 2 * (len(recorded) - len(created)) if stmt.upsert else None,
-                lastrowid=created[0] if created and isinstance(created[0], int) else None,
+                lastrowid=self._mysql_lastrowid(stmt, info, params, created),
             )
+            result = wrapper.cursor.rowcount  # what MySQLdb's execute() returns
         self._record(info, self._next_statement(), recorded, mutes)
         return result
+
+    def _mysql_lastrowid(self, stmt: Statement, info: TableInfo, params: Any, created: list[Any]) -> Any:
+        """MySQL's insert id: the first generated key of a multi-row INSERT, or the last
+        one given explicitly."""
+        if not created or not isinstance(created[0], int):
+            return _UNSET
+        return created[-1] if self._given_keys(stmt, info, params) is not None else created[0]
 
     def _existing_before_upsert(self, stmt: Statement, info: TableInfo, params: Any) -> Any:
         """What tells created from updated rows of an upsert where RETURNING cannot: the keys
@@ -540,8 +728,10 @@ class ConnectionCapture:
         col = self._key_columns(info, stmt.ref)
         prep = [v for k in keys for v in info.pk_db_values(k, self.connection)]
         sql = stmt.sql
+        # The driver %-formats a statement only when it has parameters: escape the original
+        # text when capture gives it its first ones.
+        esc: Callable[[str], str] = (lambda text: text.replace("%", "%%")) if params is None else str
         if params is None:
-            sql = sql.replace("%", "%%")
             params = []
         if isinstance(params, dict):
             names = [f"dbevents_pk_{i}" for i in range(len(prep))]
@@ -566,9 +756,10 @@ class ConnectionCapture:
                 new_params = plist[:cut] + [low, high] + plist[cut:]
             cond = f"{col} BETWEEN {marks_range}"
         if stmt.where:
-            new_sql = f"{sql[:stmt.where[0]]} ({sql[stmt.where[0]:stmt.where[1]]}) AND {cond} {sql[stmt.where[1]:]}"
+            a, b = stmt.where
+            new_sql = f"{esc(sql[:a])} ({esc(sql[a:b])}) AND {cond} {esc(sql[b:])}"
         else:
-            new_sql = f"{sql[:stmt.where_end]} WHERE {cond} {sql[stmt.where_end:]}"
+            new_sql = f"{esc(sql[:stmt.where_end])} WHERE {cond} {esc(sql[stmt.where_end:])}"
         return new_sql, new_params
 
     # ------------------------------------------------------------------ shared helpers

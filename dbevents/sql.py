@@ -85,6 +85,13 @@ _TOKEN_MYSQL = re.compile(
 )
 
 
+# What may follow a statement's closing semicolon: whitespace and comments.
+_ONLY_COMMENTS = {
+    False: re.compile(r"\s*(?:(?:--[^\n]*|/\*.*?\*/)\s*)*\Z", re.S),
+    True: re.compile(r"\s*(?:(?:--(?=\s|$)[^\n]*|#[^\n]*|/\*.*?\*/)\s*)*\Z", re.S),
+}
+
+
 # Django writes the same SQL text for every save() of a model, every get() ...: the results of
 # recognising a statement are cached by its text. Only statements up to this length are cached
 # (a bulk_create's is megabytes long and seldom repeats).
@@ -255,7 +262,7 @@ def _analyse(sql: str, vendor: str) -> Statement | None:
                 first_paren = (paren_open, tok.end())
         elif text == ";":
             if depth == 0:
-                if sql[tok.end():].strip():
+                if not _ONLY_COMMENTS[vendor == "mysql"].match(sql, tok.end()):
                     return None  # several statements in one string
                 end = tok.start()
                 break

@@ -91,3 +91,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"dbevents": {"handlers": ["console"], "level": "WARNING"}},
 }
+
+# The same database through Django's stock engine (tests/test_transparency.py compares the two).
+_STOCK_ENGINES = {
+    "sqlite": "django.db.backends.sqlite3",
+    "postgresql": "django.db.backends.postgresql",
+    "mysql": "django.db.backends.mysql",
+}
+DATABASES["stock"] = {**DATABASES["default"], "ENGINE": _STOCK_ENGINES[DB], "TEST": {"MIRROR": "default"}}

@@ -129,16 +129,6 @@ def test_schema_qualified_table_name():
     assert events.names() == ["product__updated"]
 
 
-def test_executemany_is_atomic_like_the_driver():
-    from django.db import IntegrityError
-
-    with capture_events() as events:
-        with pytest.raises(IntegrityError):
-            with connection.cursor() as cursor:
-                cursor.executemany("INSERT INTO shop_counter (id, value) VALUES (%s, %s)", [(1, 1), (1, 2)])
-    assert Counter.objects.count() == 0 and events == []
-
-
 def test_lastrowid_of_a_raw_insert():
     if VENDOR == "postgresql":
         pytest.skip("psycopg cursors have no lastrowid")

@@ -1,0 +1,217 @@
+"""Differential tests: a statement run through the dbevents engine behaves exactly as on Django's
+stock engine (alias ``stock``: the same database), and its events are the rows it changed.
+
+Each case runs twice from the same table contents: once on the stock alias, once on the dbevents
+alias inside ``capture_events()``. What the application can observe must be equal -- the
+exception type, ``rowcount``, ``lastrowid``, ``description``, what ``fetchall()`` gives or
+raises, what ``execute()`` returns, the SQL in ``connection.queries`` and the table afterwards.
+Then the events must equal the row-level difference of the table before and after: ``created``
+for new keys, ``deleted`` for vanished ones, ``updated`` for changed rows, with the row's values.
+A case may instead declare that dbevents logs a WARNING naming the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from django.db import connections, transaction
+from django.test.utils import CaptureQueriesContext
+
+from dbevents.testing import capture_events
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "stock"])
+VENDOR = connections["default"].vendor
+MARIADB = VENDOR == "mysql"
+
+# Table -> (model label, primary-key column, compared columns, initial rows).
+TABLES: dict[str, tuple[str, str, tuple[str, ...], list[tuple[Any, ...]]]] = {
+    "shop_counter": ("shop.Counter", "id", ("id", "value"), [(1, 10), (2, 20), (3, 30)]),
+    "shop_product": ("shop.Product", "id", ("id", "sku", "name", "stock", "data"),
+                     [(1, "a1", "apple", 1, "{}"), (2, "a2", "50%", 2, "{}"), (3, "b1", "it's", 3, "{}")]),
+}
+
+
+@dataclass
+class Case:
+    """One statement (or one ``executemany``) and where it applies."""
+
+    id: str
+    table: str
+    sql: Any
+    params: Any = None
+    many: bool = False
+    vendors: tuple[str, ...] = ("sqlite", "postgresql", "mysql")
+    warns: bool = False              # dbevents logs a WARNING naming the table instead of events
+    fetch: bool = True               # call fetchall() after the statement
+    marks: list[Any] = field(default_factory=list)
+
+
+CASES = [
+    # INSERT: parameters, literals, several rows, defaults.
+    Case("insert-params", "shop_counter", "INSERT INTO shop_counter (id, value) VALUES (%s, %s)", [10, 1]),
+    Case("insert-no-pk", "shop_counter", "INSERT INTO shop_counter (value) VALUES (%s)", [7]),
+    Case("insert-literal-rows", "shop_counter", "INSERT INTO shop_counter (value) VALUES (5), (6)"),
+    Case("insert-select", "shop_counter", "INSERT INTO shop_counter (value) SELECT value + 1 FROM shop_counter"),
+    Case("insert-own-returning", "shop_counter", "INSERT INTO shop_counter (value) VALUES (%s) RETURNING value, id",
+         [8], vendors=("sqlite", "postgresql", "mysql")),
+    Case("insert-duplicate-pk", "shop_counter", "INSERT INTO shop_counter (id, value) VALUES (%s, %s)", [1, 1]),
+    Case("insert-fk-violation", "shop_item",
+         "INSERT INTO shop_item (order_id, sku, qty) VALUES (%s, %s, %s)", [999, "x", 1]),
+    # UPDATE: filters of every kind, literals with %, quoting forms.
+    Case("update-all", "shop_counter", "UPDATE shop_counter SET value = value + 1"),
+    Case("update-pk-param", "shop_counter", "UPDATE shop_counter SET value = %s WHERE id = %s", [0, 2]),
+    Case("update-no-match", "shop_counter", "UPDATE shop_counter SET value = %s WHERE id = %s", [0, 99]),
+    Case("update-percent-literal-no-params", "shop_product", "UPDATE shop_product SET stock = 9 WHERE name LIKE 'a%'"),
+    Case("update-percent-literal-params", "shop_product",
+         "UPDATE shop_product SET stock = %s WHERE name LIKE '5%%'", [9]),
+    Case("update-quote-in-literal", "shop_product", "UPDATE shop_product SET stock = 7 WHERE name = 'it''s'"),
+    Case("update-quoted-table", "shop_counter", 'UPDATE "shop_counter" SET "value" = 1 WHERE "id" = 1',
+         vendors=("sqlite", "postgresql")),
+    Case("update-backquoted-table", "shop_counter", "UPDATE `shop_counter` SET `value` = 1 WHERE `id` = 1",
+         vendors=("sqlite", "mysql")),
+    Case("update-alias", "shop_counter", "UPDATE shop_counter c SET value = 2 WHERE c.id = %s", [1],
+         vendors=("postgresql",)),
+    Case("update-own-returning", "shop_counter", "UPDATE shop_counter SET value = 3 WHERE id <= %s RETURNING id",
+         [2], vendors=("sqlite", "postgresql")),
+    Case("update-trailing-semicolon-comment", "shop_counter",
+         "UPDATE shop_counter SET value = 0 WHERE id = 1; -- reset"),
+    Case("update-leading-comment", "shop_counter", "/* app */ UPDATE shop_counter SET value = 0 WHERE id = 1"),
+    # DELETE.
+    Case("delete-where", "shop_counter", "DELETE FROM shop_counter WHERE value > %s", [15]),
+    Case("delete-all", "shop_counter", "DELETE FROM shop_counter"),
+    Case("delete-own-returning", "shop_counter", "DELETE FROM shop_counter WHERE id = %s RETURNING value",
+         [3], vendors=("sqlite", "postgresql", "mysql")),
+    # Upserts.
+    Case("upsert-on-conflict", "shop_counter",
+         "INSERT INTO shop_counter (id, value) VALUES (1, 11), (9, 99) ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+         vendors=("sqlite", "postgresql")),
+    Case("upsert-on-conflict-do-nothing", "shop_counter",
+         "INSERT INTO shop_counter (id, value) VALUES (1, 11), (9, 99) ON CONFLICT DO NOTHING",
+         vendors=("sqlite", "postgresql")),
+    Case("upsert-on-duplicate-key", "shop_counter",
+         "INSERT INTO shop_counter (id, value) VALUES (1, 11), (9, 99) ON DUPLICATE KEY UPDATE value = VALUES(value)",
+         vendors=("mysql",)),
+    Case("insert-ignore", "shop_counter", "INSERT IGNORE INTO shop_counter (id, value) VALUES (1, 11), (9, 99)",
+         vendors=("mysql",)),
+    Case("insert-or-ignore", "shop_counter", "INSERT OR IGNORE INTO shop_counter (id, value) VALUES (1, 11), (9, 99)",
+         vendors=("sqlite",)),
+    # executemany.
+    Case("executemany-insert", "shop_counter", "INSERT INTO shop_counter (id, value) VALUES (%s, %s)",
+         [(10, 1), (11, 2)], many=True, fetch=False),
+    Case("executemany-insert-fails-halfway", "shop_counter", "INSERT INTO shop_counter (id, value) VALUES (%s, %s)",
+         [(10, 1), (1, 2)], many=True, fetch=False),
+    Case("executemany-update", "shop_counter", "UPDATE shop_counter SET value = %s WHERE id = %s",
+         [(5, 1), (6, 2), (7, 99)], many=True, fetch=False),
+    Case("executemany-update-fails-halfway", "shop_product", "UPDATE shop_product SET sku = %s WHERE id = %s",
+         [("z1", 1), ("a2", 3)], many=True, fetch=False),
+    Case("executemany-delete", "shop_counter", "DELETE FROM shop_counter WHERE id = %s", [(1,), (3,)],
+         many=True, fetch=False),
+]
+
+
+def _rows(table: str) -> dict[Any, tuple[Any, ...]]:
+    _label, pk, columns, _initial = TABLES.get(table, (None, "id", ("id",), []))
+    with connections["stock"].cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {pk}")
+        return {row[0]: tuple(row) for row in cursor.fetchall()}
+
+
+def _reset() -> None:
+    """The tables of every case back to their initial rows (through the stock alias)."""
+    with connections["stock"].cursor() as cursor:
+        cursor.execute("DELETE FROM shop_item")
+        for table, (_label, _pk, columns, initial) in TABLES.items():
+            cursor.execute(f"DELETE FROM {table}")
+            marks = ", ".join(["%s"] * len(columns))
+            cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", initial)
+    if VENDOR == "postgresql":  # the next generated key: the same for both runs
+        with connections["stock"].cursor() as cursor:
+            for table in TABLES:
+                cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 100)")
+    elif VENDOR == "mysql":
+        with connections["stock"].cursor() as cursor:
+            for table in TABLES:
+                cursor.execute(f"ALTER TABLE {table} AUTO_INCREMENT = 101")
+    else:
+        with connections["stock"].cursor() as cursor:
+            for table in TABLES:
+                cursor.execute("DELETE FROM sqlite_sequence WHERE name = %s", [table])
+                cursor.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (%s, 100)", [table])
+
+
+def _kind(value: Any) -> Any:
+    """What execute() returned, comparable across engines: cursors by type, numbers as is."""
+    if value is None or isinstance(value, int):
+        return value
+    return type(value).__name__
+
+
+def _observe(alias: str, case: Case, atomic: bool) -> dict[str, Any]:
+    conn = connections[alias]
+    seen: dict[str, Any] = {}
+    with CaptureQueriesContext(conn) as queries:
+        try:
+            with transaction.atomic(using=alias) if atomic else contextlib.nullcontext():
+                with conn.cursor() as cursor:
+                    if case.many:
+                        seen["returned"] = _kind(cursor.executemany(case.sql, case.params))
+                    elif case.params is None:
+                        seen["returned"] = _kind(cursor.execute(case.sql))
+                    else:
+                        seen["returned"] = _kind(cursor.execute(case.sql, case.params))
+                    seen["rowcount"] = cursor.rowcount
+                    seen["description"] = [d[0] for d in cursor.description or ()]
+                    if VENDOR != "postgresql" and "INSERT" in str(case.sql)[:20]:
+                        # Elsewhere it is the connection's latest insert, not the statement's.
+                        seen["lastrowid"] = cursor.lastrowid
+                    if case.fetch:
+                        try:
+                            seen["fetchall"] = [tuple(r) for r in cursor.fetchall()]
+                        except Exception as exc:
+                            seen["fetchall"] = f"raises {type(exc).__module__}.{type(exc).__name__}"
+        except Exception as exc:
+            seen["error"] = f"{type(exc).__module__}.{type(exc).__name__}"
+    seen["queries"] = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    seen["table"] = _rows(case.table)
+    return seen
+
+
+def _expected_events(table: str, before: dict[Any, Any], after: dict[Any, Any]) -> list[tuple[str, Any]]:
+    name = TABLES[table][0].split(".")[1].lower() if table in TABLES else table.split("_", 1)[1]
+    out = [(f"{name}__created", k) for k in after if k not in before]
+    out += [(f"{name}__deleted", k) for k in before if k not in after]
+    out += [(f"{name}__updated", k) for k in after if k in before and after[k] != before[k]]
+    return sorted(out, key=repr)
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["autocommit", "atomic"])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_statement_behaves_as_on_the_stock_engine(case: Case, atomic: bool, caplog: Any) -> None:
+    if VENDOR not in case.vendors:
+        pytest.skip(f"{case.id}: not {VENDOR} syntax")
+    if case.id == "insert-own-returning" and VENDOR == "mysql" and not connections["default"].mysql_is_mariadb:
+        pytest.skip("MySQL has no RETURNING")
+    _reset()
+    before = _rows(case.table)
+    stock = _observe("stock", case, atomic)
+    _reset()
+    caplog.set_level(logging.WARNING, logger="dbevents")
+    with capture_events() as events:
+        ours = _observe("default", case, atomic)
+    assert ours == stock
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dbevents"]
+    if case.warns:
+        assert any(case.table in w for w in warnings), warnings
+        return
+    assert warnings == []
+    got = sorted(((e.name, e.pk) for e in events), key=repr)
+    assert got == _expected_events(case.table, before, ours["table"])
+    columns = TABLES[case.table][2] if case.table in TABLES else ("id",)
+    for event in events:
+        if not event.name.endswith("__deleted"):
+            row = ours["table"][event.pk]
+            assert tuple(event.payload[c] for c in columns if c != "data") == row[:len(columns) - ("data" in columns)]
