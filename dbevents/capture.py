@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 from dbevents import conf, runtime, sqlite_gate
 from dbevents.registry import ModelEntry, TableInfo, get_registry, table_key
-from dbevents.sql import Statement, analyse, params_between, pk_only_where, values_rows, write_target
+from dbevents.sql import (
+    Statement,
+    analyse,
+    params_between,
+    pk_only_where,
+    split_statements,
+    table_names,
+    values_rows,
+    write_target,
+)
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -226,14 +235,20 @@ class DriverProxy:
     def execute(self, sql: Any, params: Any = None) -> Any:
         self._wrapper.cursor = self.raw
         if type(sql) is not str:
-            return self.raw.execute(sql) if params is None else self.raw.execute(sql, params)
+            text = self._capture.text_of(sql)
+            if text is None:
+                return self.raw.execute(sql) if params is None else self.raw.execute(sql, params)
+            sql = text
         return self._capture.capture_execute(self._info, self._mutes, self.raw, sql, params, self._context,
                                              self._capture._autocommit())
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
         self._wrapper.cursor = self.raw
         if type(sql) is not str:
-            return self.raw.executemany(sql, param_list)
+            text = self._capture.text_of(sql)
+            if text is None:
+                return self.raw.executemany(sql, param_list)
+            sql = text
         return self._capture.capture_executemany(self._info, self._mutes, self.raw, sql, param_list, self._context)
 
     def __getattr__(self, name: str) -> Any:
@@ -257,6 +272,7 @@ class ConnectionCapture:
         self.last_mark = 0             # statement_no at the latest savepoint
         self._layouts: dict[type[Model], list[tuple[str, int]]] = {}
         self._converters: dict[str, list[Any]] = {}
+        self._schema: tuple[Any, str] | None = None  # (driver connection, its current schema)
         # SQLite: statements coordinate with the publisher thread's outbox writes.
         self.gated = connection.vendor == "sqlite"
         if self.gated:
@@ -283,12 +299,21 @@ class ConnectionCapture:
         return self._statement(execute, sql, params, many, context)
 
     def _statement(self, execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        if type(sql) is not str or self.paused:
+        if self.paused:
             return execute(sql, params, many, context)
-        target = write_target(sql)
+        text = sql if type(sql) is str else self.text_of(sql)
+        if text is None:
+            return execute(sql, params, many, context)
+        if ";" in text:
+            several = self._several(text)
+            if several is not None:
+                result = execute(sql, params, many, context)
+                self._warn_several(text, several)  # only when the driver did run them all
+                return result
+        target = write_target(text)
         if target is None:
             return execute(sql, params, many, context)
-        watched = self._watched(target, sql)
+        watched = self._watched(target, text)
         if watched is None:
             return execute(sql, params, many, context)
         # The statement goes through the inner execute wrappers and Django's query log exactly
@@ -315,8 +340,11 @@ class ConnectionCapture:
             return None
         info = registry.tables.get(key)
         if info is None and "." in key:
-            # A schema- or database-qualified name of a table the models name bare.
-            info = registry.tables.get(key.rsplit(".", 1)[1])
+            # A schema- or database-qualified name of a table the models name bare: the same
+            # table only in the connection's own schema (database, on MySQL).
+            qualifier, bare = key.rsplit(".", 1)
+            if bare in registry.tables and qualifier == self._own_schema():
+                info = registry.tables[bare]
         if info is None:
             return None
         mutes = runtime.mutes.get()
@@ -349,7 +377,7 @@ class ConnectionCapture:
             logger.error("dbevents: a write to %s on %r has a shape capture cannot follow; no events "
                          "for it: %.300s", info.model._meta.label, self.connection.alias, sql)
             return execute(sql, params)
-        returning = self._uses_returning(stmt)
+        returning = self._uses_returning(stmt, info, params)
         # An autocommit statement gets a transaction of its own when the outbox rows must commit
         # with it, or when MySQL must lock the rows it is about to change.
         if autocommit and (
@@ -486,9 +514,59 @@ class ConnectionCapture:
         self.statement_no += 1
         return self.statement_no
 
+    def text_of(self, sql: Any) -> str | None:
+        """The text of a statement given as ``bytes`` or a psycopg ``sql.SQL``/``Composed``
+        (which the drivers accept), None for anything else."""
+        if isinstance(sql, (bytes, bytearray, memoryview)):
+            try:
+                return bytes(sql).decode()
+            except UnicodeDecodeError:
+                logger.warning("dbevents: a statement given as bytes that are not UTF-8 runs uncaptured on %r: "
+                               "%.300r", self.connection.alias, bytes(sql))
+                return None
+        as_string = getattr(sql, "as_string", None)
+        if as_string is not None and type(sql).__module__.startswith("psycopg"):
+            self.connection.ensure_connection()
+            text: str = as_string(self.connection.connection)
+            return text
+        return None
+
+    def _several(self, sql: str) -> list[str] | None:
+        """The statements of an ``execute()`` given several (PostgreSQL runs them; SQLite, and
+        MySQL without ``CLIENT.MULTI_STATEMENTS``, refuse), else None. Capture follows one
+        statement at a time: they run uncaptured."""
+        return split_statements(sql, self.connection.vendor)
+
+    def _warn_several(self, sql: str, parts: list[str]) -> None:
+        tables = get_registry().tables
+        hit = set()
+        for part in parts:
+            if write_target(part) is not None:
+                hit |= self._registered_in(part, tables)
+        if hit and conf.get("DBEVENTS_ENABLED"):
+            logger.warning(
+                "dbevents: %d statements in one execute() on %r write registered table(s) %s; dbevents "
+                "captures one statement per execute(), so they produce no events -- run them one by one: "
+                "%.300s", len(parts), self.connection.alias, ", ".join(sorted(hit)), sql,
+            )
+
+    def _own_schema(self) -> str | None:
+        """The schema unqualified names resolve to (MySQL: the current database), read once
+        per driver connection."""
+        raw = self.connection.connection
+        cached = self._schema
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        query = {"postgresql": "SELECT current_schema()", "mysql": "SELECT DATABASE()"}.get(self.connection.vendor)
+        name = str(self._query(query, None)[0][0] or "").lower() if query else "main"
+        self._schema = (raw, name)
+        return name
+
+    def _registered_in(self, sql: str, tables: dict[str, TableInfo]) -> set[str]:
+        return {name for name in table_names(sql) if name in tables and "." not in name}
+
     def _warn_unsupported(self, sql: str, tables: dict[str, TableInfo]) -> None:
-        lowered = sql.lower()
-        hit = [t for t in tables if t.rsplit(".", 1)[-1] in lowered]
+        hit = self._registered_in(sql, tables)
         if hit:
             logger.warning(
                 "dbevents: a statement dbevents cannot capture (CTE, MERGE, TRUNCATE or multi-table "
@@ -498,20 +576,27 @@ class ConnectionCapture:
 
     # ------------------------------------------------------------------ RETURNING path
 
-    def _uses_returning(self, stmt: Statement) -> bool:
+    def _uses_returning(self, stmt: Statement, info: TableInfo, params: Any) -> bool:
         conn = self.connection
         if not conn.features.can_return_columns_from_insert:
             return False
         if conn.vendor in ("postgresql", "sqlite"):
             return True
         if conn.vendor == "mysql" and getattr(conn, "mysql_is_mariadb", False):
+            if stmt.kind == "insert" and (stmt.upsert or stmt.replace):
+                # Its row count and insert id (2 per updated row, 1 per unchanged one ...)
+                # cannot be rebuilt from RETURNING rows: run it as written when its own
+                # values name the keys it writes.
+                return self._given_keys(stmt, info, params) is None
             return stmt.kind == "insert" or (stmt.kind == "delete" and not stmt.multi_table_delete)
         return False
 
     def _run_returning(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any], params: Any,
                        context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
         qn = self.connection.ops.quote_name
-        columns = [f"{_unqualified(stmt.ref)}.{qn(_column(f))}" for f in info.fields]
+        # SQLite's RETURNING sees the target table only and refuses its alias: bare names.
+        prefix = "" if self.connection.vendor == "sqlite" else f"{_unqualified(stmt.ref)}."
+        columns = [f"{prefix}{qn(_column(f))}" for f in info.fields]
         xmax = stmt.upsert and self.connection.vendor == "postgresql"
         if xmax:
             columns.append(f"({_unqualified(stmt.ref)}.xmax = 0)")
@@ -521,11 +606,8 @@ class ConnectionCapture:
             existing = self._existing_before_upsert(stmt, info, params)
         # Only pending events can conflict: skip the key analysis on the usual path.
         pks = self._statement_pks(stmt, info, params) if self.incomplete else None
-        if stmt.replace:
-            logger.warning("dbevents: %s on %s (%r): the rows it replaces are reported as created only, "
-                           "without a deleted event; prefer an upsert", stmt.keyword.upper(),
-                           info.model._meta.label, self.connection.alias)
         self._settle_conflicts(info, action, pks, stmt.kind == "insert" and not stmt.upsert and not stmt.replace)
+        replaced = self._replaced_rows(stmt, info, params) if stmt.replace else None
         if stmt.returning is not None:
             sql = f"{stmt.sql[:stmt.end]}, {', '.join(columns)}{stmt.sql[stmt.end:]}"
         else:
@@ -562,8 +644,48 @@ class ConnectionCapture:
                 lastrowid=self._mysql_lastrowid(stmt, info, params, created),
             )
             result = wrapper.cursor.rowcount  # what MySQLdb's execute() returns
+        if stmt.upsert:
+            recorded = _one_per_key(recorded)
+        if replaced:
+            self._record(info, self._next_statement(), [(info.pk_of(r), r, DELETED) for r in replaced], mutes)
         self._record(info, self._next_statement(), recorded, mutes)
         return result
+
+    def _replaced_rows(self, stmt: Statement, info: TableInfo, params: Any) -> list[tuple[Any, ...]] | None:
+        """The rows a REPLACE (``INSERT OR REPLACE``) is about to delete: those that share the
+        primary key or a unique key with one of its rows. Read (and locked) before it runs;
+        None, with a WARNING, when its values are not plain literals or parameters."""
+        rows = values_rows(stmt, params)
+        if rows is None or not stmt.columns:
+            self._settle_conflicts(info, DELETED, None, False)
+            logger.warning("dbevents: %s on %s (%r) without plain VALUES: the rows it replaces get no deleted "
+                           "event, its rows are reported as created", stmt.keyword.upper(),
+                           info.model._meta.label, self.connection.alias)
+            return None
+        qn = self.connection.ops.quote_name
+        conds, args = [], []
+        for unique in _unique_sets(info):
+            names = [_column(f).lower() for f in unique]
+            if not all(n in stmt.columns for n in names):
+                continue
+            index = [stmt.columns.index(n) for n in names]
+            keys = list(dict.fromkeys(tuple(r[i] for i in index) for r in rows))
+            keys = [k for k in keys if None not in k]
+            if not keys:
+                continue
+            cols = ", ".join(qn(n) for n in (_column(f) for f in unique))
+            marks = _key_list(["%s"] * (len(keys) * len(unique)), len(unique))
+            conds.append(f"{cols if len(unique) == 1 else f'({cols})'} IN ({marks})")
+            args += [v for k in keys for v in k]
+        if not conds:
+            return []
+        lock = " FOR UPDATE" if self.connection.features.has_select_for_update else ""
+        table = qn(info.model._meta.db_table)
+        fields = ", ".join(qn(_column(f)) for f in info.fields)
+        found = self._query(f"SELECT {fields} FROM {table} WHERE {' OR '.join(conds)}{lock}", args)
+        converted = [self._convert(info, r) for r in found]
+        self._settle_conflicts(info, DELETED, {info.pk_of(r) for r in converted}, False)
+        return converted
 
     def _mysql_lastrowid(self, stmt: Statement, info: TableInfo, params: Any, created: list[Any]) -> Any:
         """MySQL's insert id: the first generated key of a multi-row INSERT, or the last
@@ -643,15 +765,18 @@ class ConnectionCapture:
         existing: set[Any] = set()
         if given is not None and (stmt.upsert or stmt.ignore):
             existing = set(self._existing_keys(info, given))
+        replaced = self._replaced_rows(stmt, info, params) if stmt.replace else None
         result = run(stmt.sql, params)
         raw = context["cursor"].cursor
+        if replaced:
+            self._record(info, self._next_statement(), [(info.pk_of(r), r, DELETED) for r in replaced], mutes)
         order = self._next_statement()
         if given is not None:
             created = [k for k in given if k not in existing]
             rows_written = [(k, None, CREATED) for k in created]
             if stmt.upsert:
                 rows_written += [(k, None, UPDATED) for k in given if k in existing]
-            self._record(info, order, rows_written, mutes)
+            self._record(info, order, _one_per_key(rows_written), mutes)
         elif stmt.upsert or stmt.ignore:
             logger.error("dbevents: %s on %s (%r) without primary keys in its values: this database cannot "
                          "tell which rows it wrote, so it produces no events", stmt.keyword.upper(),
@@ -772,7 +897,7 @@ class ConnectionCapture:
                 or not pk_only_where(stmt, _column(info.pk))):
             return None
         values = params_between(stmt, params, stmt.where[0], stmt.where[1])
-        return {info.pk.to_python(v) for v in values}
+        return {info.pk_to_python((v,)) for v in values}
 
     def _given_keys(self, stmt: Statement, info: TableInfo, params: Any) -> list[Any] | None:
         """The primary keys an INSERT's VALUES name, when they are plain parameters."""
@@ -1130,6 +1255,36 @@ def _buffer_result(context: dict[str, Any]) -> None:
         return
     rows = raw.fetchall()
     wrapper.cursor = ReplayCursor(wrapper, raw, rows, raw.description, rowcount=raw.rowcount, lastrowid=raw.lastrowid)
+
+
+def _unique_sets(info: TableInfo) -> list[tuple[Any, ...]]:
+    """The column sets of a table that a row must not share with another: the primary key,
+    unique fields, ``unique_together`` and unconditional ``UniqueConstraint``s."""
+    opts = info.model._meta
+    local = {f.name: f for f in opts.local_concrete_fields}
+    sets: list[tuple[Any, ...]] = [tuple(info.pk_fields)]
+    sets += [(f,) for f in opts.local_concrete_fields if f.unique and not f.primary_key]
+    groups = [tuple(g) for g in opts.unique_together]
+    groups += [tuple(c.fields) for c in opts.constraints  # type: ignore[attr-defined]
+               if getattr(c, "fields", None) and getattr(c, "condition", None) is None
+               and not getattr(c, "expressions", None) and type(c).__name__ == "UniqueConstraint"]
+    for names in groups:
+        if all(n in local for n in names):
+            sets.append(tuple(local[n] for n in names))
+    return sets
+
+
+def _one_per_key(rows: list[tuple[Any, Any, str]]) -> list[tuple[Any, Any, str]]:
+    """An upsert that meets one key twice (``VALUES (1, ...), (1, ...)``) changed one row: one
+    event, created if the statement created it, with the row as the statement left it."""
+    merged: dict[Any, tuple[Any, Any, str]] = {}
+    for pk, values, action in rows:
+        prev = merged.get(pk)
+        if prev is not None:
+            action = CREATED if CREATED in (prev[2], action) else action
+            values = values if values is not None else prev[1]
+        merged[pk] = (pk, values, action)
+    return list(merged.values()) if len(merged) != len(rows) else rows
 
 
 def _key_list(marks: list[str], width: int) -> str:

@@ -117,21 +117,55 @@ class TableInfo:
 
     def pk_of(self, row: tuple[Any, ...]) -> Any:
         """The primary key of a row of ``fields``: a value, or a tuple for a composite key
-        (what ``instance.pk`` is)."""
+        (what ``instance.pk`` is), as a :func:`hashable` key."""
         if len(self.pk_indexes) == 1:
-            return row[self.pk_indexes[0]]
-        return tuple(row[i] for i in self.pk_indexes)
+            return hashable(row[self.pk_indexes[0]])
+        return hashable(tuple(row[i] for i in self.pk_indexes))
 
     def pk_to_python(self, values: tuple[Any, ...]) -> Any:
         """The key from the database values of its columns, in ``pk_fields`` order."""
         if len(self.pk_fields) == 1:
-            return self.pk_fields[0].to_python(values[0])
-        return tuple(f.to_python(v) for f, v in zip(self.pk_fields, values, strict=True))
+            return hashable(self.pk_fields[0].to_python(values[0]))
+        return hashable(tuple(f.to_python(v) for f, v in zip(self.pk_fields, values, strict=True)))
 
     def pk_db_values(self, pk: Any, connection: Any) -> list[Any]:
         """A key's column values prepared for the database, in ``pk_fields`` order."""
+        pk = unwrap_key(pk)
         parts = pk if self.composite else (pk,)
         return [f.get_db_prep_value(v, connection) for f, v in zip(self.pk_fields, parts, strict=True)]
+
+
+class UnhashableKey:
+    """A primary-key value of a type that is not hashable (a field's ``from_db_value`` may
+    return one): keys of one type share a hash, and equality decides -- correct, if slower."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return hash(type(self.value))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnhashableKey) and bool(self.value == other.value)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def hashable(value: Any) -> Any:
+    """``value``, or an :class:`UnhashableKey` around it when it cannot be a dict key."""
+    try:
+        hash(value)
+    except TypeError:
+        return UnhashableKey(value)
+    return value
+
+
+def unwrap_key(value: Any) -> Any:
+    """The key value itself (see :func:`hashable`)."""
+    return value.value if isinstance(value, UnhashableKey) else value
 
 
 class Registry:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbevents import events as ev
 from dbevents import runtime
+from dbevents.registry import unwrap_key
 
 if TYPE_CHECKING:
     from dbevents.capture import Group
@@ -35,6 +36,7 @@ def event_name(entry: ModelEntry, action: str, instance: Any) -> str:
 def header_pk(pk: Any) -> Any:
     """Primary keys travel as int when they are ints, else as str (AMQP header types); a
     composite key as the list of its parts."""
+    pk = unwrap_key(pk)
     if isinstance(pk, tuple):
         return [header_pk(part) for part in pk]
     return pk if isinstance(pk, int) and not isinstance(pk, bool) else str(pk)

@@ -77,6 +77,13 @@ _TOKEN_STD = re.compile(
     r"|\b(?P<kw>" + "|".join(_KEYWORDS) + r")\b",
     re.I | re.S,
 )
+# PostgreSQL also has dollar-quoted strings ($$...$$, $tag$...$tag$) and escape strings (E'it\'s').
+_TOKEN_PG = re.compile(
+    r"\$(?P<dq>(?:[A-Za-z_][A-Za-z_0-9]*)?)\$.*?\$(?P=dq)\$|(?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*'"
+    r"|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|[();]|%%|%s|%\((?P<name>\w+)\)s"
+    r"|\b(?P<kw>" + "|".join(_KEYWORDS) + r")\b",
+    re.I | re.S,
+)
 # MySQL also ends a string at an unescaped quote only: 'it\'s'.
 _TOKEN_MYSQL = re.compile(
     r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`|--(?=\s|$)[^\n]*|#[^\n]*|/\*.*?\*/|[();]|%%|%s|%\((?P<name>\w+)\)s"
@@ -84,6 +91,8 @@ _TOKEN_MYSQL = re.compile(
     re.I | re.S,
 )
 
+
+_TOKENS = {"mysql": _TOKEN_MYSQL, "postgresql": _TOKEN_PG}
 
 # What may follow a statement's closing semicolon: whitespace and comments.
 _ONLY_COMMENTS = {
@@ -239,7 +248,7 @@ def _analyse(sql: str, vendor: str) -> Statement | None:
     ref = alias or head.group("table")
     table = _target(head, sql)
 
-    token_re = _TOKEN_MYSQL if vendor == "mysql" else _TOKEN_STD
+    token_re = _TOKENS.get(vendor, _TOKEN_STD)
     depth = 0
     top: list[tuple[str, int, int]] = []  # (keyword, start, end) at depth 0
     placeholders: list[tuple[int, str | None]] = []
@@ -365,7 +374,7 @@ def params_between(stmt: Statement, params: Any, start: int, end: int) -> Any:
 def values_rows(stmt: Statement, params: Any) -> list[list[Any]] | None:
     """Row-major parameters of ``INSERT ... VALUES (%s, ...), (...)`` when every value is a
     plain placeholder; None for other shapes (DEFAULT, expressions, SELECT, UNNEST)."""
-    if stmt.values_start is None or stmt.columns is None or not isinstance(params, (list, tuple)):
+    if stmt.values_start is None or stmt.columns is None or not isinstance(params, (list, tuple, type(None))):
         return None
     stop = stmt.returning_at if stmt.returning_at is not None else stmt.end
     body = stmt.sql[stmt.values_start:stop]
@@ -374,9 +383,81 @@ def values_rows(stmt: Statement, params: Any) -> list[list[Any]] | None:
         body = body[: on.start() + 1]
     ncol = len(stmt.columns)
     row = r"\(\s*%s(?:\s*,\s*%s){" + str(ncol - 1) + r"}\s*\)"
-    if not re.fullmatch(rf"\s*{row}(?:\s*,\s*{row})*\s*", body):
-        return None
-    values = list(params)
-    if len(values) % ncol:
-        return None
-    return [values[i:i + ncol] for i in range(0, len(values), ncol)]
+    if re.fullmatch(rf"\s*{row}(?:\s*,\s*{row})*\s*", body):
+        values = list(params or ())
+        if len(values) % ncol:
+            return None
+        return [values[i:i + ncol] for i in range(0, len(values), ncol)]
+    return _literal_rows(body, ncol, params)
+
+
+_VALUE = r"(?:%s|'(?:[^'\\]|\\.|'')*'|[-+]?\d+(?:\.\d+)?|null|true|false)"
+_LITERAL_ROW = re.compile(rf"\s*,?\s*\(\s*({_VALUE}(?:\s*,\s*{_VALUE})*)\s*\)", re.I)
+_LITERAL = re.compile(_VALUE, re.I)
+
+
+def _literal_rows(body: str, ncol: int, params: Any) -> list[list[Any]] | None:
+    """``VALUES (1, 'a'), (%s, %s)``: rows of plain literals and placeholders, as values."""
+    rows: list[list[Any]] = []
+    given = iter(params or ())
+    pos = 0
+    for m in _LITERAL_ROW.finditer(body):
+        if m.start() != pos:
+            return None
+        pos = m.end()
+        row: list[Any] = []
+        for v in _LITERAL.finditer(m.group(1)):
+            text = v.group(0)
+            low = text.lower()
+            if text == "%s":
+                row.append(next(given, None))
+            elif text[0] == "'":
+                row.append(text[1:-1].replace("''", "'"))
+            elif low in ("null", "true", "false"):
+                row.append({"null": None, "true": True, "false": False}[low])
+            else:
+                row.append(float(text) if "." in text else int(text))
+        if len(row) != ncol:
+            return None
+        rows.append(row)
+    return rows if rows and not body[pos:].strip() else None
+
+
+def split_statements(sql: str, vendor: str) -> list[str] | None:
+    """The statements of a string that holds several (``UPDATE ...; DELETE ...``), split at
+    top-level semicolons outside literals and comments; None when it holds one statement
+    (a trailing semicolon and comments after it do not make a second)."""
+    token_re = _TOKENS.get(vendor, _TOKEN_STD)
+    parts: list[str] = []
+    start = depth = 0
+    for tok in token_re.finditer(sql):
+        text = tok.group(0)
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        elif text == ";" and depth <= 0:
+            parts.append(sql[start:tok.start()])
+            start = tok.end()
+            if _ONLY_COMMENTS[vendor == "mysql"].match(sql, start):
+                break
+    else:
+        parts.append(sql[start:])
+    parts = [p for p in parts if not _ONLY_COMMENTS[vendor == "mysql"].match(p)]
+    return parts if len(parts) > 1 else None
+
+
+_NAME = re.compile(rf"{_IDENT}(?:\s*\.\s*{_IDENT})?")
+_LITERALS = re.compile(r"'(?:[^'\\]|\\.|'')*'|--[^\n]*|/\*.*?\*/", re.S)
+
+
+def table_names(sql: str) -> set[str]:
+    """Every identifier (qualified or not) a statement contains outside string literals and
+    comments, normalised as :func:`unquote` does: the candidates for the tables it names."""
+    names: set[str] = set()
+    for m in _NAME.finditer(_LITERALS.sub(" ", sql)):
+        key = unquote(m.group(0))
+        names.add(key)
+        if "." in key:
+            names.add(key.rsplit(".", 1)[1])
+    return names

@@ -157,6 +157,9 @@ def main() -> int:
           f"{len(failed & set(ALLOWED))} allowed.")
     print(f"{counts['registered']} models registered; {sum(events.values())} events published "
           f"({len(events)} models), e.g. {', '.join(f'{m}: {n}' for m, n in events.most_common(5))}")
+    built = counts["built"]
+    print(f"{sum(built.values())} events built at TestCase teardown, whose transaction never commits "
+          f"({len(built)} models), e.g. {', '.join(f'{m}: {n}' for m, n in built.most_common(5))}")
     if counts["logs"]:
         print(f"dbevents logged {sum(counts['logs'].values())} warning(s)/error(s):")
         for message, n in counts["logs"].most_common(15):
@@ -168,8 +171,8 @@ def main() -> int:
         for label in broken:
             print(f"  {label}")
         return 1
-    if not events:
-        print("no event was published: the run captured nothing")
+    if not events or not built:
+        print("no event was published or built: the run captured nothing")
         return 1
     print(f"0 tests broken through dbevents ({args.db}).")
     return 0

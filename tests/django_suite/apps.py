@@ -4,6 +4,7 @@ counts what dbevents logs, for the gate's report (:mod:`tests.django_suite.repor
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.apps import AppConfig, apps
 from django.conf import settings
@@ -15,10 +16,14 @@ _registered: dict[str, dict[str, str]] = {}
 
 
 class LogCounter(logging.Handler):
-    """Counts dbevents' WARNING and ERROR records by their message template."""
+    """Counts dbevents' WARNING and ERROR records by their message (and the exception's)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        report.add("logs", f"{record.levelname} {record.msg}"[:200])
+        text = f"{record.levelname} {record.getMessage()}"[:240]
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text += f" [{type(exc).__name__}: {str(exc)[:160]}]"
+        report.add("logs", text)
 
 
 class GateConfig(AppConfig):
@@ -43,3 +48,30 @@ class GateConfig(AppConfig):
             # Counted and reported by the gate, not printed among Django's test output.
             log.propagate = False
         report.set_value("registered", len(_registered))
+        _build_events_at_testcase_teardown()
+
+
+def _build_events_at_testcase_teardown() -> None:
+    """A ``TestCase`` never commits, so its events would never be built: build them (as
+    ``capture_events`` does) before its transaction is rolled back, and count them."""
+    from django.db import connections
+    from django.test import TestCase
+
+    if getattr(TestCase, "_dbevents_gate", False):
+        return
+    rollback = TestCase._rollback_atomics.__func__  # type: ignore[attr-defined]
+
+    def _rollback_atomics(cls: Any, atomics: Any) -> None:
+        for alias in atomics:
+            conn = connections[alias]
+            capture = getattr(conn, "dbevents", None)
+            if capture is None or not capture.groups or conn.needs_rollback:
+                continue
+            if conn.vendor == "postgresql" and capture._pg_transaction_failed():
+                continue
+            for event in capture.prepare(peek=True):
+                report.add("built", event.model)
+        rollback(cls, atomics)
+
+    TestCase._rollback_atomics = classmethod(_rollback_atomics)  # type: ignore[assignment]
+    TestCase._dbevents_gate = True  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any
 
 _lock = threading.Lock()
-_counters: dict[str, Counter[str]] = {"events": Counter(), "logs": Counter()}
+_counters: dict[str, Counter[str]] = {"events": Counter(), "built": Counter(), "logs": Counter()}
 _values: dict[str, Any] = {}
 
 
@@ -50,7 +50,7 @@ def _write() -> None:
 
 def merge(folder: str) -> dict[str, Any]:
     """The counters of every process that wrote to ``folder``, added up."""
-    total: dict[str, Counter[str]] = {"events": Counter(), "logs": Counter()}
+    total: dict[str, Counter[str]] = {"events": Counter(), "built": Counter(), "logs": Counter()}
     registered = 0
     for name in os.listdir(folder):
         if name.endswith(".json"):
@@ -59,4 +59,4 @@ def merge(folder: str) -> dict[str, Any]:
             for kind in total:
                 total[kind].update(data.get(kind, {}))
             registered = max(registered, data.get("registered", 0))
-    return {"events": total["events"], "logs": total["logs"], "registered": registered}
+    return {**total, "registered": registered}
