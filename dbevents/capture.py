@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from dbevents import conf, runtime, sqlite_gate
-from dbevents.registry import ModelEntry, TableInfo, get_registry, table_key
+from dbevents.registry import ModelEntry, TableInfo, get_registry, table_key, unwrap_key
 from dbevents.sql import (
     Statement,
     analyse,
@@ -608,6 +608,12 @@ class ConnectionCapture:
         pks = self._statement_pks(stmt, info, params) if self.incomplete else None
         self._settle_conflicts(info, action, pks, stmt.kind == "insert" and not stmt.upsert and not stmt.replace)
         replaced = self._replaced_rows(stmt, info, params) if stmt.replace else None
+        cascaded = None
+        if stmt.kind == "delete" and info.db_children:
+            known = self._statement_pks(stmt, info, params)
+            keys = list(known) if known is not None else [
+                info.pk_to_python(r) for r in self._select_rows(stmt, info, params, pk_only=True)]
+            cascaded = self._db_cascade(info, keys)
         if stmt.returning is not None:
             sql = f"{stmt.sql[:stmt.end]}, {', '.join(columns)}{stmt.sql[stmt.end:]}"
         else:
@@ -648,8 +654,59 @@ class ConnectionCapture:
             recorded = _one_per_key(recorded)
         if replaced:
             self._record(info, self._next_statement(), [(info.pk_of(r), r, DELETED) for r in replaced], mutes)
+        if cascaded:
+            self._record_cascade(cascaded, mutes)
         self._record(info, self._next_statement(), recorded, mutes)
         return result
+
+    def _db_cascade(self, info: TableInfo, keys: list[Any]) -> list[tuple[TableInfo, list[Any], str]]:
+        """Before a DELETE of ``keys`` from ``info``: the rows of watched tables the database
+        deletes (``DB_CASCADE``, through any depth) or updates (``DB_SET_NULL``,
+        ``DB_SET_DEFAULT``) with them, read and locked in the same transaction."""
+        found: list[tuple[TableInfo, list[Any], str]] = []
+        todo = [(info, keys)]
+        seen: set[tuple[str, Any]] = set()
+        while todo:
+            parent, parent_keys = todo.pop()
+            for child, fk, operation in parent.db_children:  # fk: a ForeignKey
+                if not parent_keys or fk.target_field not in parent.pk_fields:
+                    continue
+                rows = list(self._by_column(child, fk, parent_keys))
+                rows = [r for r in rows if (child.key, child.pk_of(r)) not in seen]
+                seen.update((child.key, child.pk_of(r)) for r in rows)
+                if not rows:
+                    continue
+                if operation == "CASCADE":
+                    found.append((child, rows, DELETED))
+                    todo.append((child, [child.pk_of(r) for r in rows]))
+                else:
+                    found.append((child, [child.pk_of(r) for r in rows], UPDATED))
+        return found
+
+    def _record_cascade(self, found: list[tuple[TableInfo, list[Any], str]], mutes: tuple[runtime.Mute, ...]) -> None:
+        """The events of the rows the database changed itself, deepest first (as Django's own
+        collector orders deletes); SET NULL/DEFAULT rows are read back at COMMIT."""
+        for child, rows, action in reversed(found):
+            if action == DELETED:
+                self._record(child, self._next_statement(), [(child.pk_of(r), r, DELETED) for r in rows], mutes)
+            else:
+                self._record(child, self._next_statement(), [(k, None, UPDATED) for k in rows], mutes)
+
+    def _by_column(self, info: TableInfo, field: Any, values: list[Any]) -> Iterator[tuple[Any, ...]]:
+        """``SELECT <info.fields> FROM <table> WHERE <field> IN (<values>) FOR UPDATE``, chunked;
+        yields converted rows."""
+        qn = self.connection.ops.quote_name
+        cols = ", ".join(qn(_column(f)) for f in info.fields)
+        lock = " FOR UPDATE" if self.connection.features.has_select_for_update else ""
+        size = max(1, min((self.connection.features.max_query_params or 10_000) - 10, 10_000))
+        target = field.target_field
+        prep = [target.get_db_prep_value(unwrap_key(v), self.connection) for v in dict.fromkeys(values)]
+        for i in range(0, len(prep), size):
+            chunk = prep[i:i + size]
+            sql = (f"SELECT {cols} FROM {qn(info.model._meta.db_table)} WHERE {qn(_column(field))} "
+                   f"IN ({', '.join(['%s'] * len(chunk))}){lock}")
+            for raw in self._query(sql, chunk):
+                yield self._convert(info, raw)
 
     def _replaced_rows(self, stmt: Statement, info: TableInfo, params: Any) -> list[tuple[Any, ...]] | None:
         """The rows a REPLACE (``INSERT OR REPLACE``) is about to delete: those that share the
@@ -727,9 +784,12 @@ class ConnectionCapture:
         sql = stmt.sql
         known = self._statement_pks(stmt, info, params)
         deleted_rows: list[tuple[Any, ...]] = []
+        cascaded = None
         if stmt.kind == "delete":
             deleted_rows = self._select_rows(stmt, info, params)
             keys = [info.pk_of(r) for r in deleted_rows]
+            if info.db_children:
+                cascaded = self._db_cascade(info, keys)
         elif known is not None:
             keys = list(known)
         else:
@@ -740,6 +800,8 @@ class ConnectionCapture:
         result = run(sql, params)
         if known is not None and stmt.kind == "update":
             keys = self._matched_keys(info, keys, context["cursor"].cursor.rowcount)
+        if cascaded:
+            self._record_cascade(cascaded, mutes)
         order = self._next_statement()
         if stmt.kind == "delete":
             self._record(info, order, [(info.pk_of(r), r, action) for r in deleted_rows], mutes)
@@ -929,7 +991,9 @@ class ConnectionCapture:
         if converters is None:
             converters = []
             for f in info.fields:
-                col = f.cached_col
+                # get_col(), not cached_col: a foreign key's column converts as its target
+                # field (a parent link to a UUID key is a UUID), as in the ORM's own SELECTs.
+                col = f.get_col(f.model._meta.db_table)
                 converters.append(
                     (self.connection.ops.get_db_converters(col) + col.get_db_converters(self.connection), col)
                 )

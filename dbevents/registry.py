@@ -109,6 +109,8 @@ class TableInfo:
     pk_fields: tuple[Field, ...] = ()  # the primary key's columns: one, or a composite key's
     pk_indexes: tuple[int, ...] = ()   # their positions in ``fields``
     labels: tuple[str, ...] = ()       # labels of ``entry`` and ``descendants``: what muting checks
+    # Watched tables the database changes itself when a row here is deleted (Registry._db_children).
+    db_children: tuple[tuple[TableInfo, Any, str], ...] = ()
 
     @property
     def composite(self) -> bool:
@@ -198,6 +200,24 @@ class Registry:
                 # Raw SQL may name a schema-qualified table without its schema (search_path).
                 if "." in key:
                     self.tables.setdefault(key.rsplit(".", 1)[1], info)
+        for info in self.tables.values():
+            info.db_children = self._db_children(info)
+
+    def _db_children(self, info: TableInfo) -> tuple[tuple[TableInfo, Any, str], ...]:
+        """Watched tables whose rows the database itself deletes or updates when a row of
+        ``info`` is deleted (Django 6.1 ``DB_CASCADE``, ``DB_SET_NULL``, ``DB_SET_DEFAULT``):
+        ``(child table, its foreign key, "CASCADE" | "SET NULL" | "SET DEFAULT")``."""
+        found = []
+        for rel in info.model._meta.related_objects:
+            on_delete = getattr(rel, "on_delete", None)
+            action = getattr(on_delete, "operation", None)  # DatabaseOnDelete: the SQL words
+            if type(on_delete).__name__ != "DatabaseOnDelete" or not isinstance(action, str):
+                continue
+            fk = rel.field
+            child = self.tables.get(table_key(fk.model._meta.db_table))
+            if child is not None and fk.concrete:
+                found.append((child, fk, action.upper()))
+        return tuple(found)
 
     def _describe(self, model: type[Model]) -> TableInfo:
         meta = model._meta

@@ -80,6 +80,12 @@ MODELS_CRUD_EVENT = [
     {"model": "shop.Restaurant"},
     {"model": "shop.Stock", "serializer": "tests.shop.serializers.StockSerializer"},
 ]
+try:  # Django 6.1 database-level on_delete (tests/shop/models.py)
+    from django.db.models import DB_CASCADE  # noqa: F401
+except ImportError:
+    pass
+else:
+    MODELS_CRUD_EVENT += [{"model": f"shop.{name}"} for name in ("Publisher", "Book", "Chapter", "Blurb")]
 
 DBEVENTS_PUBLISH_RETRY_DELAY = 0.05
 DBEVENTS_PUBLISH_RETRY_MAX_DELAY = 0.2

@@ -86,3 +86,21 @@ class Stock(models.Model):
     warehouse = models.CharField(max_length=10)
     sku = models.CharField(max_length=20)
     quantity = models.IntegerField(default=0)
+
+
+if hasattr(models, "DB_CASCADE"):  # Django 6.1: the database itself deletes or updates children
+
+    class Publisher(models.Model):
+        name = models.CharField(max_length=100)
+
+    class Book(models.Model):
+        publisher = models.ForeignKey(Publisher, on_delete=models.DB_CASCADE)
+        title = models.CharField(max_length=100)
+
+    class Chapter(models.Model):
+        book = models.ForeignKey(Book, on_delete=models.DB_CASCADE)
+        number = models.IntegerField()
+
+    class Blurb(models.Model):
+        publisher = models.ForeignKey(Publisher, null=True, on_delete=models.DB_SET_NULL)
+        text = models.CharField(max_length=100)
