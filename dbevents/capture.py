@@ -21,6 +21,7 @@ statement could change them and at the latest just before COMMIT.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -262,7 +263,9 @@ class ConnectionCapture:
     """
 
     def __init__(self, connection: BaseDatabaseWrapper) -> None:
-        self.connection = connection
+        # A proxy: the connection holds its capture, and a closed connection must be freed by
+        # reference counting alone, as the stock one is (no cycle for the garbage collector).
+        self.connection = weakref.proxy(connection)
         self.paused = False            # set while ``migrate`` runs on this connection
         self.groups: list[Group] = []  # this transaction's future events, in statement order
         self.latest: dict[tuple[type[Model], Any], Group] = {}
@@ -1410,11 +1413,12 @@ class CaptureMixin:
         self.execute_wrappers.insert(0, self.dbevents)  # type: ignore[attr-defined]
         # Emptying every table (``manage.py flush``, TransactionTestCase teardown) is not a
         # business event either.
-        flush = self.ops.execute_sql_flush  # type: ignore[attr-defined]
+        ops_class, ops = type(self.ops), weakref.ref(self.ops)  # type: ignore[attr-defined]
+        capture = weakref.proxy(self.dbevents)
 
         def execute_sql_flush(sql_list: list[str]) -> None:
-            with self.dbevents.pause():
-                flush(sql_list)
+            with capture.pause():
+                ops_class.execute_sql_flush(ops(), sql_list)
 
         self.ops.execute_sql_flush = execute_sql_flush  # type: ignore[attr-defined]
 
