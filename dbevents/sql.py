@@ -36,7 +36,7 @@ _UPDATE = re.compile(
 )
 _DELETE = re.compile(
     _LEAD + r"(?P<kw>delete)\s+(?:(?:low_priority|quick|ignore)\s+)*from\s+(?:only\s+)?"
-    rf"{_QNAME}(?:\s+(?:as\s+)?(?P<alias>(?!where\b|returning\b|order\b|limit\b|using\b){_IDENT}))?\s*(?=where\b|returning\b|order\b|limit\b|;|\Z)",
+    rf"{_QNAME}(?:\s+(?:as\s+)?(?P<alias>(?!where\b|returning\b|order\b|limit\b|using\b){_IDENT}))?\s*(?=where\b|returning\b|order\b|limit\b|using\b|;|\Z)",
     re.I | re.S,
 )
 # MySQL's multi-table form, which Django emits for deletes filtered through a join:
@@ -70,7 +70,7 @@ def _target(m: re.Match[str], sql: str) -> str:
 
 _KEYWORDS = (
     "where", "returning", "order", "limit", "on", "set", "values", "select", "from",
-    "conflict", "duplicate", "do", "group", "having", "window", "union", "for",
+    "conflict", "duplicate", "do", "group", "having", "window", "union", "for", "using",
 )
 _TOKEN_STD = re.compile(
     r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`(?:[^`]|``)*`|--[^\n]*|/\*.*?\*/|[();]|%%|%s|%\((?P<name>\w+)\)s"
@@ -293,6 +293,8 @@ def _analyse(sql: str, vendor: str) -> Statement | None:
                 return item
         return None
 
+    if kind == "delete" and not multi and vendor == "mysql" and first("using"):
+        return None  # MySQL's DELETE FROM t USING <join list>: a multi-table form not followed
     returning = None
     ret = first("returning")
     if ret is not None:
