@@ -29,7 +29,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from dbevents import conf, runtime, sqlite_gate
-from dbevents.registry import ModelEntry, TableInfo, get_registry, table_key, unwrap_key
+from dbevents.registry import ModelEntry, TableInfo, get_registry, hashable, table_key, unwrap_key
 from dbevents.sql import (
     Statement,
     analyse,
@@ -275,6 +275,8 @@ class ConnectionCapture:
         self.last_mark = 0             # statement_no at the latest savepoint
         self._layouts: dict[type[Model], list[tuple[str, int]]] = {}
         self._converters: dict[str, list[Any]] = {}
+        self._sources: dict[type[Model], dict[str, tuple[str, int]]] = {}
+        self._statement_tables: dict[int, str] = {}  # this transaction: statement -> table written
         self._schema: tuple[Any, str] | None = None  # (driver connection, its current schema)
         # SQLite: statements coordinate with the publisher thread's outbox writes.
         self.gated = connection.vendor == "sqlite"
@@ -1040,6 +1042,7 @@ class ConnectionCapture:
                 mutes: tuple[runtime.Mute, ...]) -> None:
         """Add one group per row (or merge it into the same object's group: one save of a
         multi-table-inheritance model writes the parent table, then the child's)."""
+        self._statement_tables[order] = info.key
         if not rows:
             return
         try:
@@ -1082,7 +1085,15 @@ class ConnectionCapture:
             return False
         if action == DELETED:
             return info.depth < group.top
-        return order == group.last + 1 and info.depth > group.table.depth
+        if info.depth <= group.table.depth:
+            return False
+        # Consecutive statements -- or separated only by writes to parents this model reaches
+        # through links of their own (``Shop(Place, Tagged)`` inserts shop_tagged in between).
+        between = range(group.last + 1, order)
+        if not between:
+            return True
+        linked = self._key_sources(info.model)
+        return all(self._statement_tables.get(n) in linked for n in between)
 
     def _settle_conflicts(self, info: TableInfo, action: str, pks: set[Any] | None, inserting: bool) -> None:
         """Before a statement may change rows whose pending events still lack row data, load
@@ -1122,32 +1133,53 @@ class ConnectionCapture:
                 if not unresolved:
                     break
                 dinfo = registry.tables[desc.tables[0]]
+                source = self._key_sources(desc.model).get(groups_here[0].table.key)
+                if source is not None:
+                    self._resolve_linked(desc, dinfo, source, unresolved)
+                    continue
                 for pk in self._existing_keys(dinfo, list(unresolved)):
                     found = unresolved.pop(pk, None)
                     if found is not None:
                         found.entry = desc
-        # Load missing parts, table by table.
-        need: dict[str, list[Group]] = {}
-        for group in pending:
-            if group.entry is None:
-                continue
-            for key in group.entry.tables:
-                if key not in group.parts:
-                    need.setdefault(key, []).append(group)
-        for key, waiting in need.items():
-            tinfo = registry.tables[key]  # every table of a registered model's chain is watched
-            rows = self._load_parts(tinfo, [g.pk for g in waiting])
-            folded = {_fold(k): k for k in rows}
-            for group in waiting:
-                row = rows.get(group.pk)
-                if row is None and group.pk not in rows:
-                    # A key from the statement's parameters that the database matched under a
-                    # case-insensitive or pad-space collation ('abc' for 'ABC'): use the stored one.
-                    stored = folded.get(_fold(group.pk))
-                    if stored is not None:
-                        group.pk, row = stored, rows[stored]
-                if row is not None:
-                    group.parts[key] = row
+        # Load missing parts, table by table: first the tables that share the row's key, then
+        # those reached through a parent link of their own (multiple inheritance, a child with
+        # its own primary key), keyed by the link's value in a part already loaded.
+        todo = [g for g in pending if g.entry is not None]
+        tried: set[tuple[int, str]] = set()
+        while todo:
+            need: dict[str, list[tuple[Group, Any]]] = {}
+            deferred = []
+            for group in todo:
+                sources = self._key_sources(group.entry.model)  # type: ignore[union-attr]
+                for key in group.entry.tables:  # type: ignore[union-attr]
+                    if key in group.parts or (id(group), key) in tried:
+                        continue
+                    source = sources.get(key)
+                    if source is not None and source[0] not in group.parts:
+                        deferred.append(group)  # its link's table is loaded first
+                        continue
+                    tried.add((id(group), key))
+                    wanted = group.pk if source is None else group.parts[source[0]][source[1]]
+                    if wanted is not None:
+                        need.setdefault(key, []).append((group, group.pk if source is None else hashable(wanted)))
+            for key, waiting in need.items():
+                tinfo = registry.tables[key]  # every table of a registered model's chain is watched
+                rows = self._load_parts(tinfo, [k for _, k in waiting])
+                folded = {_fold(k): k for k in rows}
+                for group, wanted in waiting:
+                    row = rows.get(wanted)
+                    if row is None and wanted not in rows:
+                        # A key from the statement's parameters that the database matched under a
+                        # case-insensitive or pad-space collation ('abc' for 'ABC'): use the stored one.
+                        stored = folded.get(_fold(wanted))
+                        if stored is not None:
+                            row = rows[stored]
+                            if wanted == group.pk:
+                                group.pk = stored
+                    if row is not None:
+                        group.parts[key] = row
+            # Another round only for groups whose link source was loaded in this one.
+            todo = list({id(g): g for g in deferred}.values()) if need else []
         done = {id(g) for g in pending}
         for group in pending:
             if group.entry is None:
@@ -1160,6 +1192,48 @@ class ConnectionCapture:
         dropped = {id(g) for g in pending if g.instance is None}
         if dropped:
             self.groups = [g for g in self.groups if id(g) not in dropped]
+
+    def _resolve_linked(self, desc: ModelEntry, dinfo: TableInfo, source: tuple[str, int],
+                        unresolved: dict[Any, Group]) -> None:
+        """Rows of a parent table that a descendant reaches through a parent link of its own
+        (``Shop(Place, Tagged)``: ``shop_shop.tagged_ptr_id`` -> ``shop_tagged.tag_id``): such a
+        row's event is the descendant's, under the descendant's key. When the same transaction
+        already has that event (the save wrote the descendant's own tables too), it is dropped."""
+        registry = get_registry()
+        link_info = registry.tables[source[0]]
+        if self._key_sources(desc.model).get(link_info.key) is not None:
+            return  # the link lives on a table that is itself linked: not followed
+        link_field = link_info.fields[source[1]]
+        for row in list(self._by_column(link_info, link_field, list(unresolved))):
+            found = unresolved.pop(hashable(row[source[1]]), None)
+            if found is None:
+                continue
+            found.entry, found.root, found.pk = desc, dinfo.root, link_info.pk_of(row)
+            found.parts = {source[0]: row}
+            if any(g is not found and g.key == found.key and g.action == found.action for g in self.groups):
+                found.entry = None  # dropped with the groups of no registered model
+
+    def _key_sources(self, model: type[Model]) -> dict[str, tuple[str, int]]:
+        """For each table of ``model``'s inheritance chain that does not share the row's key:
+        ``(table, column index)`` of the parent link whose value is its key there."""
+        cached = self._sources.get(model)
+        if cached is not None:
+            return cached
+        sources: dict[str, tuple[str, int] | None] = {table_key(model._meta.db_table): None}
+        for child in [model, *model._meta.get_parent_list()]:
+            child_key = table_key(child._meta.db_table)
+            for parent, link in child._meta.parents.items():
+                parent_key = table_key(parent._meta.concrete_model._meta.db_table)  # type: ignore[union-attr]
+                if link is None or parent_key in sources or child_key not in sources:
+                    continue
+                columns = [f.column for f in child._meta.local_concrete_fields]
+                if link.primary_key or link.column not in columns:
+                    sources[parent_key] = sources[child_key]
+                else:
+                    sources[parent_key] = (child_key, columns.index(link.column))
+        found = {k: v for k, v in sources.items() if v is not None}
+        self._sources[model] = found
+        return found
 
     def _load_parts(self, info: TableInfo, pks: list[Any]) -> dict[Any, tuple[Any, ...]]:
         return {info.pk_of(row): row for row in self._by_keys(info, pks, info.fields)}
@@ -1291,6 +1365,7 @@ class ConnectionCapture:
         self.groups = []
         self.latest = {}
         self.incomplete = []
+        self._statement_tables = {}
         self.marks = {}
         self.last_mark = self.statement_no
 

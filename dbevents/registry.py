@@ -222,8 +222,12 @@ class Registry:
     def _describe(self, model: type[Model]) -> TableInfo:
         meta = model._meta
         key = table_key(meta.db_table)
-        chain: list[Any] = [model, *meta.get_parent_list()]
-        root = chain[-1]._meta.concrete_model
+        # The root is the top of the chain of tables that share this row's key: follow the
+        # primary key while it is a parent link (multiple inheritance and children with a key
+        # of their own reach their other parents through links: capture follows those).
+        root: Any = model
+        while root._meta.pk.is_relation and getattr(root._meta.pk.remote_field, "parent_link", False):
+            root = root._meta.pk.remote_field.model._meta.concrete_model
         entry = self.entries.get(model) or next(
             (e for m, e in self.entries.items() if m._meta.proxy and m._meta.concrete_model is model), None
         )

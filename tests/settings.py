@@ -79,6 +79,8 @@ MODELS_CRUD_EVENT = [
     {"model": "shop.Place"},
     {"model": "shop.Restaurant"},
     {"model": "shop.Stock", "serializer": "tests.shop.serializers.StockSerializer"},
+    {"model": "shop.Shop"},
+    {"model": "shop.Kiosk"},
 ]
 try:  # Django 6.1 database-level on_delete (tests/shop/models.py)
     from django.db.models import DB_CASCADE  # noqa: F401

@@ -80,6 +80,25 @@ class Bar(Place):
     happy_hour = models.BooleanField(default=False)
 
 
+class Tagged(models.Model):
+    """A second concrete parent whose key is not Place's."""
+
+    tag_id = models.AutoField(primary_key=True)
+    tag = models.CharField(max_length=20, default="")
+
+
+class Shop(Place, Tagged):
+    """Multiple inheritance: its shop_tagged row has a key of its own (tagged_ptr)."""
+
+    opens = models.IntegerField(default=9)
+
+
+class Kiosk(Place):
+    """A child with its own primary key: place_ptr is a plain parent link."""
+
+    code = models.IntegerField(primary_key=True)
+
+
 class Stock(models.Model):
     """A composite primary key (Django 5.2): events carry the key as a list."""
     pk = models.CompositePrimaryKey("warehouse", "sku")
