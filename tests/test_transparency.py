@@ -140,6 +140,12 @@ CASES = [
          vendors=("postgresql", "mysql")),  # Django's SQLite cursor takes str only
     Case("bytes-insert-params", "shop_counter", b"INSERT INTO shop_counter (id, value) VALUES (%s, %s)", [40, 4],
          vendors=("postgresql", "mysql")),
+    # Named parameters (pyformat), psycopg's composed statements.
+    Case("update-named-params", "shop_counter", "UPDATE shop_counter SET value = %(v)s WHERE id = %(id)s",
+         {"v": 4, "id": 2}, vendors=("postgresql", "mysql")),
+    Case("insert-named-params", "shop_counter", "INSERT INTO shop_counter (id, value) VALUES (%(id)s, %(v)s)",
+         {"v": 4, "id": 20}),
+    Case("psycopg-composed", "shop_counter", "composed", [3, 1], vendors=("postgresql",)),
     # Several statements in one execute(): PostgreSQL runs them; the others refuse.
     Case("several-statements", "shop_counter",
          "UPDATE shop_counter SET value = 1 WHERE id = 1; DELETE FROM shop_counter WHERE id = 2",
@@ -249,29 +255,45 @@ def _kind(value: Any) -> Any:
     return type(value).__name__
 
 
+def _statement(case: Case) -> Any:
+    if case.sql == "composed":
+        from psycopg import sql
+
+        return sql.SQL("UPDATE {} SET {} = %s WHERE {} = %s").format(
+            sql.Identifier("shop_counter"), sql.Identifier("value"), sql.Identifier("id"))
+    return case.sql
+
+
 def _observe(alias: str, case: Case, atomic: bool) -> dict[str, Any]:
     conn = connections[alias]
+    statement = _statement(case)
     seen: dict[str, Any] = {}
     with CaptureQueriesContext(conn) as queries:
         try:
             with transaction.atomic(using=alias) if atomic else contextlib.nullcontext():
                 with conn.cursor() as cursor:
                     if case.many:
-                        seen["returned"] = _kind(cursor.executemany(case.sql, case.params))
+                        seen["returned"] = _kind(cursor.executemany(statement, case.params))
                     elif case.params is None:
-                        seen["returned"] = _kind(cursor.execute(case.sql))
+                        seen["returned"] = _kind(cursor.execute(statement))
                     else:
-                        seen["returned"] = _kind(cursor.execute(case.sql, case.params))
+                        seen["returned"] = _kind(cursor.execute(statement, case.params))
                     seen["rowcount"] = cursor.rowcount
                     seen["description"] = [d[0] for d in cursor.description or ()]
                     if VENDOR != "postgresql" and "INSERT" in str(case.sql)[:20]:
                         # Elsewhere it is the connection's latest insert, not the statement's.
                         seen["lastrowid"] = cursor.lastrowid
                     if case.fetch:
-                        try:
-                            seen["fetchall"] = [tuple(r) for r in cursor.fetchall()]
-                        except Exception as exc:
-                            seen["fetchall"] = f"raises {type(exc).__module__}.{type(exc).__name__}"
+                        # Every way of reading the result: one row, a few, the rest.
+                        for method, call in (("fetchone", lambda: cursor.fetchone()),
+                                             ("fetchmany", lambda: [tuple(r) for r in cursor.fetchmany(1)]),
+                                             ("fetchall", lambda: [tuple(r) for r in cursor.fetchall()])):
+                            try:
+                                row = call()
+                                seen[method] = tuple(row) if method == "fetchone" and row is not None else row
+                            except Exception as exc:
+                                seen[method] = f"raises {type(exc).__module__}.{type(exc).__name__}"
+                        seen["rowcount after fetch"] = cursor.rowcount
         except Exception as exc:
             seen["error"] = f"{type(exc).__module__}.{type(exc).__name__}"
     seen["queries"] = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
