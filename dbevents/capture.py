@@ -1017,7 +1017,7 @@ class ConnectionCapture:
         cols = ", ".join(qn(_column(f)) for f in fields)
         width = len(info.pk_fields)
         size = max(1, min((self.connection.features.max_query_params or 10_000) - 10, 10_000) // width)
-        keys = list(dict.fromkeys(keys))
+        keys = [k for k in dict.fromkeys(keys) if self._storable(info, k)]
         table = qn(info.model._meta.db_table)
         for i in range(0, len(keys), size):
             chunk = keys[i:i + size]
@@ -1026,6 +1026,15 @@ class ConnectionCapture:
             sql = f"SELECT {cols} FROM {table} WHERE {self._key_columns(info, None)} IN ({marks})"
             for raw in self._query(sql, prep):
                 yield self._convert(info, raw) if fields is info.fields else raw
+
+    def _storable(self, info: TableInfo, key: Any) -> bool:
+        """Whether ``key`` (from a statement's own parameters) is a value the table can hold:
+        MySQL refuses 0 for an AutoField, for instance -- no row has it."""
+        try:
+            info.pk_db_values(key, self.connection)
+        except (ValueError, TypeError):
+            return False
+        return True
 
     def _existing_keys(self, info: TableInfo, keys: list[Any]) -> list[Any]:
         return [info.pk_to_python(row) for row in self._by_keys(info, keys, info.pk_fields)]

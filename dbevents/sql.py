@@ -36,7 +36,7 @@ _UPDATE = re.compile(
 )
 _DELETE = re.compile(
     _LEAD + r"(?P<kw>delete)\s+(?:(?:low_priority|quick|ignore)\s+)*from\s+(?:only\s+)?"
-    rf"{_QNAME}(?:\s+(?:as\s+)?(?P<alias>(?!where\b|returning\b|order\b|limit\b|using\b){_IDENT}))?\s*(?=where\b|returning\b|order\b|limit\b|using\b|;|\Z)",
+    rf"{_QNAME}(?:\s+(?:as\s+)?(?P<alias>(?!where\b|returning\b|order\b|limit\b|using\b){_IDENT}))?\s*(?=where\b|returning\b|order\b|limit\b|using\b|;|--|/\*|#|\Z)",
     re.I | re.S,
 )
 # MySQL's multi-table form, which Django emits for deletes filtered through a join:

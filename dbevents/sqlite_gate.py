@@ -6,8 +6,9 @@ writes gets ``database is locked`` at once -- without waiting -- if another conn
 write lock at that moment (in-memory shared-cache databases fail even plain writes that way).
 The stock engine never meets this within a process unless the application writes from two
 threads; dbevents' publisher thread marking outbox rows would. So the publisher writes only
-when no SQLite connection of the process is running a statement or holds a transaction open,
-and a statement that starts while it writes waits for it (milliseconds).
+when no SQLite connection of the process is running a statement, has a cursor open (it may
+still be handing out a SELECT's rows, holding a read snapshot) or holds a transaction open, and
+a statement that starts while it writes waits for it (milliseconds).
 """
 
 from __future__ import annotations
@@ -41,7 +42,25 @@ def register(connection: Any) -> None:
     """Take part in the gate: ``connection`` is an application connection to SQLite, whose
     ``dbevents_executing`` count its execute wrapper keeps (see :func:`enter`)."""
     connection.dbevents_executing = 0
+    connection.dbevents_cursors = weakref.WeakSet()
     _members.add(connection)
+
+
+def opened(connection: Any, cursor: Any) -> None:
+    """A cursor of ``connection`` is open: it may hold a read snapshot until it is closed (or
+    garbage)."""
+    cursors = getattr(connection, "dbevents_cursors", None)
+    if cursors is not None:
+        cursors.add(cursor)
+        cursor.dbevents_owner = weakref.ref(connection)
+
+
+def closed(cursor: Any) -> None:
+    """The cursor was closed: it holds nothing any more."""
+    owner = getattr(cursor, "dbevents_owner", None)
+    connection = owner() if owner is not None else None
+    if connection is not None:
+        connection.dbevents_cursors.discard(cursor)
 
 
 def enter(connection: Any) -> None:
@@ -64,7 +83,7 @@ def leave(connection: Any) -> None:
 def _busy(connection: Any, me: int) -> bool:
     if getattr(connection, "_thread_ident", None) == me:
         return False
-    if connection.dbevents_executing:
+    if connection.dbevents_executing or len(connection.dbevents_cursors):
         return True
     raw = connection.connection
     try:

@@ -84,6 +84,9 @@ CASES = [
     # DELETE.
     Case("delete-where", "shop_counter", "DELETE FROM shop_counter WHERE value > %s", [15]),
     Case("delete-all", "shop_counter", "DELETE FROM shop_counter"),
+    Case("delete-all-comment", "shop_counter", "DELETE FROM shop_counter -- all of them"),
+    Case("delete-all-block-comment", "shop_counter", "DELETE FROM shop_counter /* all */"),
+    Case("update-key-zero", "shop_counter", "UPDATE shop_counter SET value = 1 WHERE id IN (%s, %s)", [0, 1]),
     Case("delete-own-returning", "shop_counter", "DELETE FROM shop_counter WHERE id = %s RETURNING value",
          [3], vendors=("sqlite", "postgresql", "mysql")),
     # Upserts.
@@ -211,7 +214,7 @@ def _other_schema(django_db_setup: Any, django_db_blocker: Any) -> Any:
         cursor.execute("INSERT INTO dbevents_other.shop_counter VALUES (1, 1), (2, 2)")
     yield
     with django_db_blocker.unblock(), connections["stock"].cursor() as cursor:
-        cursor.execute(f"DROP {kind} dbevents_other" + (" CASCADE" if VENDOR == "postgresql" else ""))
+        cursor.execute(f"DROP {kind} IF EXISTS dbevents_other" + (" CASCADE" if VENDOR == "postgresql" else ""))
 
 
 def _rows(table: str) -> dict[Any, tuple[Any, ...]]:
