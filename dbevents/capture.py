@@ -267,6 +267,7 @@ class ConnectionCapture:
         # reference counting alone, as the stock one is (no cycle for the garbage collector).
         self.connection = weakref.proxy(connection)
         self.paused = False            # set while ``migrate`` runs on this connection
+        self.internal = False          # the publisher thread's own connection: its queries are not logged
         self.groups: list[Group] = []  # this transaction's future events, in statement order
         self.latest: dict[tuple[type[Model], Any], Group] = {}
         self.incomplete: list[Group] = []
@@ -904,7 +905,10 @@ class ConnectionCapture:
             start = stmt.where_end
         select_params = params_between(stmt, params, start, stmt.end)
         lock = " FOR UPDATE" if self.connection.features.has_select_for_update else ""
-        rows = self._query(f"SELECT {cols} FROM {stmt.source}{where} {tail}{lock}", select_params)
+        with_list = stmt.sql[:stmt.prefix_end]  # a leading read-only WITH list the WHERE may use
+        if with_list and not isinstance(params, dict):
+            select_params = list(params_between(stmt, params, 0, stmt.prefix_end) or []) + list(select_params or [])
+        rows = self._query(f"{with_list} SELECT {cols} FROM {stmt.source}{where} {tail}{lock}", select_params)
         # A join can meet a row several times.
         if pk_only:
             return list({tuple(r): r for r in rows}.values())
@@ -1505,6 +1509,11 @@ class CaptureMixin:
                 ops_class.execute_sql_flush(ops(), sql_list)
 
         self.ops.execute_sql_flush = execute_sql_flush  # type: ignore[attr-defined]
+
+    @property
+    def queries_logged(self) -> bool:
+        # dbevents' own queries (the publisher thread's connection) are not the application's.
+        return not self.dbevents.internal and super().queries_logged  # type: ignore[misc]
 
     def commit(self) -> None:
         committed = self.dbevents.prepare_commit() if not self.in_atomic_block else _NOTHING  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -183,15 +184,31 @@ def _retrying(alias: str, work: Callable[[], Any], attempts: int = 5) -> Any:
     gated = connections[alias].vendor == "sqlite"
     for attempt in range(1, attempts + 1):
         try:
-            if not gated:
-                return work()
-            with sqlite_gate.exclusive(float(conf.get("DBEVENTS_OUTBOX_LEASE")) / 2):
-                return work()
+            with _internal(connections[alias]):
+                if not gated:
+                    return work()
+                with sqlite_gate.exclusive(float(conf.get("DBEVENTS_OUTBOX_LEASE")) / 2):
+                    return work()
         except DatabaseError:
             if attempt == attempts:
                 raise
             connections[alias].close()
             time.sleep(0.02 * 2 ** attempt)
+
+
+@contextmanager
+def _internal(connection: Any) -> Iterator[None]:
+    """dbevents' own queries stay out of the ``django.db.backends`` log the application reads
+    (DEBUG=True, CaptureQueriesContext) while the block runs."""
+    capture = getattr(connection, "dbevents", None)
+    if capture is None:
+        yield
+        return
+    before, capture.internal = capture.internal, True
+    try:
+        yield
+    finally:
+        capture.internal = before
 
 
 def _id_list(ids: Sequence[int]) -> str:

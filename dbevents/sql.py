@@ -11,6 +11,7 @@ statements ``bulk_create`` produces.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from bisect import bisect_left
@@ -170,8 +171,15 @@ def _classify(sql: str, kw: str) -> tuple[str, str] | None:
     elif kw == "delete":
         m = _DELETE.match(sql) or _DELETE_JOIN.match(sql)
         kind = "delete"
-    elif kw == "with" and not _WRITES.search(sql):
-        return None  # a read that starts with a CTE
+    elif kw == "with":
+        main = cte_prefix_end(sql)
+        if main is not None:  # read-only CTEs before an INSERT/UPDATE/DELETE: the main statement
+            masked = " " * main + sql[main:]
+            first = _FIRST_WRITE.match(masked)
+            return _classify(masked, first.group("kw").lower()) if first else None
+        if not _WRITES.search(sql):
+            return None  # a read that starts with a CTE
+        return ("unsupported", "")
     else:
         return ("unsupported", "")
     if m is None:
@@ -209,6 +217,7 @@ class Statement:
     values_start: int | None       # INSERT ... VALUES: offset just after VALUES
     end: int                       # end of the statement without a trailing ';' and spaces
     placeholders: list[tuple[int, str | None]]  # (offset, name or None) of each top-level-or-not %s
+    prefix_end: int = 0            # after a leading read-only WITH list: where the statement starts
 
     def count_params_before(self, offset: int) -> int:
         """How many placeholders stand before ``offset`` (SET params precede WHERE params)."""
@@ -237,7 +246,47 @@ def _cached_analyse(sql: str, vendor: str) -> Statement | None:
     return _analyse(sql, vendor)
 
 
+_CTE_PREFIX = re.compile(_LEAD + r"with\s+(?:recursive\s+)?", re.I | re.S)
+_AFTER_CTE = re.compile(r"\s*(?P<next>,|as\b|not\b|materialized\b|insert\b|update\b|delete\b|replace\b)", re.I)
+
+
+def cte_prefix_end(sql: str) -> int | None:
+    """Where the main statement starts after a leading ``WITH`` list whose queries only read
+    (``WITH p AS (SELECT ...) DELETE FROM t WHERE ...``), when it is an INSERT, UPDATE or
+    DELETE; None for anything else (a data-modifying CTE, a main SELECT)."""
+    m = _CTE_PREFIX.match(sql)
+    if m is None:
+        return None
+    depth = 0
+    for tok in _TOKEN_STD.finditer(sql, m.end()):
+        text = tok.group(0)
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+            if depth == 0:
+                after = _AFTER_CTE.match(sql, tok.end())
+                if after is None:
+                    return None
+                word = after.group("next").lower()
+                if word in ("insert", "update", "delete", "replace"):
+                    main = after.start("next")
+                    return None if _WRITES.search(sql, m.end(), main) else main
+    return None
+
+
 def _analyse(sql: str, vendor: str) -> Statement | None:
+    if _CTE_PREFIX.match(sql):
+        main = cte_prefix_end(sql)
+        if main is None:
+            return None
+        inner = _analyse(" " * main + sql[main:], vendor)
+        if inner is None:
+            return None
+        token_re = _TOKENS.get(vendor, _TOKEN_STD)
+        before = [(t.start(), t.group("name")) for t in token_re.finditer(sql, 0, main)
+                  if t.group(0) == "%s" or t.group("name")]
+        return dataclasses.replace(inner, sql=sql, placeholders=before + inner.placeholders, prefix_end=main)
     head = _INSERT.match(sql) or _UPDATE.match(sql) or _DELETE.match(sql) or _DELETE_JOIN.match(sql)
     if head is None:
         return None

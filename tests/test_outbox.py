@@ -320,3 +320,22 @@ def test_check_warns_when_the_outbox_table_is_missing():
             editor.alter_db_table(OutboxMessage, "dbevents_outbox_away", "dbevents_outbox")
     assert warning.msg.startswith("Database 'default' has no dbevents_outbox table yet")
     assert warning.hint.startswith("Run: manage.py migrate dbevents --database=default")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_publishers_queries_stay_out_of_the_applications_query_log():
+    """With DEBUG=True Django logs every query to ``django.db.backends``; the publisher thread
+    marking outbox rows sent is dbevents' business, not the application's."""
+    from unittest import mock
+
+    from django.test import override_settings
+
+    from dbevents import transport
+    from tests.shop.models import Customer
+
+    with override_settings(DEBUG=True), mock.patch("django.db.backends.utils.logger") as log:
+        Customer.objects.create(name="logged")
+        assert transport.wait(30)
+    logged = [c.args[2] for c in log.debug.call_args_list]
+    assert any("shop_customer" in sql for sql in logged)
+    assert not any("dbevents_outbox" in sql for sql in logged), logged

@@ -171,6 +171,15 @@ CASES = [
     Case("delete-using", "shop_counter",
          "DELETE FROM shop_counter c USING shop_product p WHERE p.id = c.id AND p.stock >= %s", [2],
          vendors=("postgresql",)),
+    # Read-only CTEs before the write: the main statement is captured.
+    Case("cte-read-then-delete", "shop_counter",
+         "WITH p AS (SELECT id FROM shop_product WHERE stock >= %s) DELETE FROM shop_counter "
+         "WHERE id IN (SELECT id FROM p) AND value > %s", [2, 0], vendors=("sqlite", "postgresql")),
+    Case("cte-read-then-update", "shop_counter",
+         "WITH p (x) AS (SELECT %s), q AS (SELECT 2) UPDATE shop_counter SET value = (SELECT x FROM p) WHERE id = %s",
+         [77, 1], vendors=("sqlite", "postgresql")),
+    Case("cte-read-then-insert", "shop_counter",
+         "WITH p AS (SELECT 5 AS v) INSERT INTO shop_counter (value) SELECT v FROM p", vendors=("sqlite", "postgresql")),
     # Beyond capture (a WARNING names the registered table written).
     Case("cte-update", "shop_counter",
          "WITH t AS (UPDATE shop_counter SET value = 0 WHERE id = 1 RETURNING id) SELECT id FROM t",
