@@ -904,6 +904,10 @@ class ConnectionCapture:
         if stmt.kind == "update" and not stmt.where:
             start = stmt.where_end
         select_params = params_between(stmt, params, start, stmt.end)
+        if stmt.kind == "update" and stmt.from_start is not None and not isinstance(params, dict):
+            # A multi-table UPDATE: its join list's parameters come first.
+            joins = params_between(stmt, params, stmt.from_start, stmt.set_start or stmt.from_start)
+            select_params = list(joins or []) + list(select_params or [])
         lock = " FOR UPDATE" if self.connection.features.has_select_for_update else ""
         with_list = stmt.sql[:stmt.prefix_end]  # a leading read-only WITH list the WHERE may use
         if with_list and not isinstance(params, dict):
@@ -964,7 +968,8 @@ class ConnectionCapture:
         """Keys a statement touches when its own parameters say so; None when they don't."""
         if stmt.kind == "insert":
             return None
-        if (stmt.where is None or isinstance(params, dict) or info.composite
+        joined = stmt.kind == "update" and stmt.from_start is not None  # MySQL multi-table UPDATE
+        if (stmt.where is None or isinstance(params, dict) or info.composite or joined
                 or not pk_only_where(stmt, _column(info.pk))):
             return None
         values = params_between(stmt, params, stmt.where[0], stmt.where[1])

@@ -168,6 +168,9 @@ def _classify(sql: str, kw: str) -> tuple[str, str] | None:
     elif kw == "update":
         m = _UPDATE.match(sql)
         kind = "update"
+        if m is None:
+            joined = _joined_update(sql)
+            return ("update", unquote(joined[0])) if joined else ("unsupported", "")
     elif kw == "delete":
         m = _DELETE.match(sql) or _DELETE_JOIN.match(sql)
         kind = "delete"
@@ -275,7 +278,94 @@ def cte_prefix_end(sql: str) -> int | None:
     return None
 
 
+_UPDATE_HEAD = re.compile(_LEAD + r"(?P<kw>update)\s+(?:(?:low_priority|ignore)\s+)*", re.I | re.S)
+_JOIN_ENTRY = re.compile(
+    rf"(?:,|\bjoin\b)\s*(?P<t>{_IDENT}(?:\s*\.\s*{_IDENT})?)"
+    rf"(?:\s+(?:as\s+)?(?P<a>(?!(?:inner|left|right|cross|join|on|using|natural|straight_join|set)\b){_IDENT}))?",
+    re.I,
+)
+_ASSIGNED = re.compile(rf"\s*(?P<q>{_IDENT})\s*\.\s*{_IDENT}\s*=", re.S)
+
+
+def _joined_update(sql: str) -> tuple[str, str, int, int, int, int | None] | None:
+    """MySQL's multi-table UPDATE (``UPDATE t JOIN u ON ... SET t.a = ... WHERE ...``) when its
+    SET writes columns of one table only: ``(table, its reference, join list start, SET
+    keyword start, SET list start, WHERE condition start or None)``."""
+    head = _UPDATE_HEAD.match(sql)
+    if head is None:
+        return None
+    depth, set_kw, where_kw = 0, None, None
+    commas: list[int] = []
+    for tok in _TOKEN_MYSQL.finditer(sql, head.end()):
+        text = tok.group(0)
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        elif depth == 0 and tok.group("kw"):
+            word = tok.group("kw").lower()
+            if word == "set" and set_kw is None:
+                set_kw = tok
+            elif word == "where" and set_kw is not None:
+                where_kw = tok
+                break
+            elif word in ("order", "limit", "returning") and set_kw is not None:
+                return None
+        elif text == ";":
+            return None
+    if set_kw is None:
+        return None
+    stop = where_kw.start() if where_kw else len(sql)
+    # Top-level commas of the SET list, outside literals, comments and parentheses.
+    region = list(sql[set_kw.end():stop])
+    for tok in _TOKEN_MYSQL.finditer(sql, set_kw.end(), stop):
+        if tok.group(0)[:1] in ("'", '"', "`", "-", "#", "/"):
+            region[tok.start() - set_kw.end():tok.end() - set_kw.end()] = " " * (tok.end() - tok.start())
+    level = 0
+    for i, ch in enumerate(region):
+        level += (ch == "(") - (ch == ")")
+        if ch == "," and level == 0:
+            commas.append(set_kw.end() + i)
+    refs: dict[str, str] = {}
+    for entry in _JOIN_ENTRY.finditer("," + sql[head.end():set_kw.start()]):
+        table = entry.group("t")
+        refs[unquote(entry.group("a") or table.split(".")[-1])] = table
+    bounds = [set_kw.end(), *[c + 1 for c in commas], stop]
+    written = set()
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        m = _ASSIGNED.match(sql, a, b)
+        if m is None:
+            return None  # an unqualified column: which table it belongs to is the server's call
+        written.add(m.group("q"))
+    tables = {unquote(q): refs.get(unquote(q)) for q in written}
+    if len(tables) != 1 or None in tables.values():
+        return None
+    ((ref_key, found),) = tables.items()
+    table = str(found)
+    ref = next(q for q in written if unquote(q) == ref_key)
+    return (table, ref, head.end(), set_kw.start(), set_kw.end(), where_kw.end() if where_kw else None)
+
+
+def _joined_update_statement(sql: str) -> Statement | None:
+    joined = _joined_update(sql)
+    if joined is None:
+        return None
+    table, ref, join_start, set_at, set_start, where_start = joined
+    end = len(sql.rstrip().rstrip(";").rstrip())
+    placeholders = [(t.start(), t.group("name")) for t in _TOKEN_MYSQL.finditer(sql)
+                    if t.group(0) == "%s" or t.group("name")]
+    return Statement(
+        sql=sql, kind="update", keyword="UPDATE", table=unquote(table), ref=ref, multi_table_delete=False,
+        source=sql[join_start:set_at].strip(), from_start=join_start, set_start=set_start,
+        where=(where_start, end) if where_start is not None else None, where_end=end, returning=None,
+        returning_at=None, upsert=False, ignore=False, replace=False, columns=None, values_start=None, end=end,
+        placeholders=placeholders,
+    )
+
+
 def _analyse(sql: str, vendor: str) -> Statement | None:
+    if vendor == "mysql" and _UPDATE_HEAD.match(sql) and not _UPDATE.match(sql):
+        return _joined_update_statement(sql)
     if _CTE_PREFIX.match(sql):
         main = cte_prefix_end(sql)
         if main is None:

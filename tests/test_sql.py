@@ -29,7 +29,9 @@ from dbevents.sql import analyse, pk_only_where, unquote, values_rows, write_tar
         ("WITH x AS (UPDATE shop_order SET a = 1 RETURNING id) SELECT * FROM x", ("unsupported", "")),
         ("TRUNCATE shop_order", ("unsupported", "")),
         ("MERGE INTO shop_order USING x ON (1) WHEN MATCHED THEN DELETE", ("unsupported", "")),
-        ("UPDATE shop_order o JOIN shop_item i ON (1) SET o.a = 1", ("unsupported", "")),
+        ("UPDATE shop_order o JOIN shop_item i ON (1) SET o.a = 1", ("update", "shop_order")),
+        ("UPDATE shop_order o JOIN shop_item i ON (1) SET o.a = 1, i.b = 2", ("unsupported", "")),
+        ("UPDATE shop_order o, shop_item i SET a = 1", ("unsupported", "")),
     ],
 )
 def test_write_target(sql, expected):
