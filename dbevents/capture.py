@@ -1222,7 +1222,13 @@ class ConnectionCapture:
         if self._key_sources(desc.model).get(link_info.key) is not None:
             return  # the link lives on a table that is itself linked: not followed
         link_field = link_info.fields[source[1]]
-        for row in list(self._by_column(link_info, link_field, list(unresolved))):
+        rows = list(self._by_column(link_info, link_field, list(unresolved)))
+        if link_info.key != dinfo.key and rows:
+            # The link lives on an intermediate parent (Senator -> Congressman -> Politician):
+            # only rows that are the descendant's are its events.
+            mine = set(self._existing_keys(dinfo, [link_info.pk_of(r) for r in rows]))
+            rows = [r for r in rows if link_info.pk_of(r) in mine]
+        for row in rows:
             found = unresolved.pop(hashable(row[source[1]]), None)
             if found is None:
                 continue

@@ -80,6 +80,7 @@ MODELS_CRUD_EVENT = [
     {"model": "shop.Restaurant"},
     {"model": "shop.Stock", "serializer": "tests.shop.serializers.StockSerializer"},
     {"model": "shop.Shop"},
+    {"model": "shop.Stall"},
     {"model": "shop.Kiosk"},
 ]
 try:  # Django 6.1 database-level on_delete (tests/shop/models.py)

@@ -9,7 +9,7 @@ import pytest
 from django.db import transaction
 
 from dbevents.testing import capture_events
-from tests.shop.models import Kiosk, Place, Shop, Tagged
+from tests.shop.models import Kiosk, Place, Shop, Stall, Tagged
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,3 +54,16 @@ def test_child_with_its_own_primary_key():
         Kiosk.objects.filter(code=44).update(name="k2")  # the parent table, through the child
     names = events.names()
     assert "kiosk__updated" in names or "place__updated" in names, names
+
+
+def test_a_linked_parent_below_an_intermediate_table_belongs_to_the_right_model():
+    Place.objects.create(name="offset")
+    shop = Shop.objects.create(name="shop", tag="s")
+    with capture_events() as events:
+        stall = Stall.objects.create(name="stall", tag="t", pitch=3)
+    assert [(e.name, e.pk, e.payload["tag"], e.payload["pitch"]) for e in events] == [
+        ("stall__created", stall.pk, "t", 3)]
+    with capture_events() as events:
+        Tagged.objects.filter(tag_id__in=[shop.tagged_ptr_id, stall.tagged_ptr_id]).update(tag="u")
+    assert sorted((e.name, e.pk, e.payload["tag"]) for e in events) == sorted(
+        [("shop__updated", shop.pk, "u"), ("stall__updated", stall.pk, "u")])

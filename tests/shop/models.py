@@ -93,6 +93,12 @@ class Shop(Place, Tagged):
     opens = models.IntegerField(default=9)
 
 
+class Stall(Shop):
+    """Below Shop: its shop_tagged row is reached through Shop's link (an intermediate table)."""
+
+    pitch = models.IntegerField(default=0)
+
+
 class Kiosk(Place):
     """A child with its own primary key: place_ptr is a plain parent link."""
 
