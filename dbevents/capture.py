@@ -311,7 +311,7 @@ class ConnectionCapture:
         if text is None:
             return execute(sql, params, many, context)
         if ";" in text:
-            several = self._several(text)
+            several = split_statements(text, self.connection.vendor)
             if several is not None:
                 result = execute(sql, params, many, context)
                 self._warn_several(text, several)  # only when the driver did run them all
@@ -408,10 +408,11 @@ class ConnectionCapture:
         wrapper = context["cursor"]
         rows = list(param_list)
         lastrowid = getattr(raw, "lastrowid", _UNSET)
+        stmt = analyse(sql, vendor)
+        inserting = stmt is not None and stmt.kind == "insert"
         # psycopg runs a batch in one transaction; MySQLdb turns INSERT ... VALUES into one
         # multi-row statement. SQLite runs the parameter sets one by one.
-        atomic = vendor == "postgresql" or (vendor == "mysql" and write_target(sql) is not None
-                                            and sql.lstrip()[:6].lower() in ("insert", "replac"))
+        atomic = vendor == "postgresql" or (vendor == "mysql" and inserting)
         autocommit = self._autocommit()
         ids: list[Any] = []
 
@@ -432,11 +433,9 @@ class ConnectionCapture:
             total = self._in_savepoint(run_all)
         else:
             total = run_all()
-        stmt = analyse(sql, vendor) if ids else None
-        if stmt is not None and stmt.kind == "insert":
+        if ids and inserting:
             # As for one multi-row INSERT: the first generated key, or the last given one.
-            given = stmt.columns is not None and all(_column(f).lower() in stmt.columns for f in info.pk_fields)
-            lastrowid = ids[-1] if given else ids[0]
+            lastrowid = ids[-1] if _names_keys(stmt, info) else ids[0]  # type: ignore[arg-type]
         wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=total, lastrowid=lastrowid,
                                       shown=(sql, rows[-1] if rows else None))
         # What the driver's executemany() returns: MySQLdb the row count, sqlite3 the cursor.
@@ -537,13 +536,10 @@ class ConnectionCapture:
             return text
         return None
 
-    def _several(self, sql: str) -> list[str] | None:
-        """The statements of an ``execute()`` given several (PostgreSQL runs them; SQLite, and
-        MySQL without ``CLIENT.MULTI_STATEMENTS``, refuse), else None. Capture follows one
-        statement at a time: they run uncaptured."""
-        return split_statements(sql, self.connection.vendor)
-
     def _warn_several(self, sql: str, parts: list[str]) -> None:
+        """Several statements in one ``execute()`` (PostgreSQL runs them; SQLite, and MySQL
+        without ``CLIENT.MULTI_STATEMENTS``, refuse) run uncaptured: capture follows one
+        statement at a time. Say so when they wrote registered tables."""
         tables = get_registry().tables
         hit = set()
         for part in parts:
@@ -978,10 +974,9 @@ class ConnectionCapture:
     def _given_keys(self, stmt: Statement, info: TableInfo, params: Any) -> list[Any] | None:
         """The primary keys an INSERT's VALUES name, when they are plain parameters."""
         rows = values_rows(stmt, params)
-        pk_cols = [_column(f).lower() for f in info.pk_fields]
-        if rows is None or not stmt.columns or not all(c in stmt.columns for c in pk_cols):
+        if rows is None or not _names_keys(stmt, info):
             return None
-        indexes = [stmt.columns.index(c) for c in pk_cols]
+        indexes = [stmt.columns.index(_column(f).lower()) for f in info.pk_fields]  # type: ignore[union-attr]
         return [info.pk_to_python(tuple(r[i] for i in indexes)) for r in rows]
 
     def _query(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
@@ -1026,24 +1021,23 @@ class ConnectionCapture:
         cols = ", ".join(qn(_column(f)) for f in fields)
         width = len(info.pk_fields)
         size = max(1, min((self.connection.features.max_query_params or 10_000) - 10, 10_000) // width)
-        keys = [k for k in dict.fromkeys(keys) if self._storable(info, k)]
+        prepared = [p for p in (self._prepared(info, k) for k in dict.fromkeys(keys)) if p is not None]
         table = qn(info.model._meta.db_table)
-        for i in range(0, len(keys), size):
-            chunk = keys[i:i + size]
+        for i in range(0, len(prepared), size):
+            chunk = prepared[i:i + size]
             marks = _key_list(["%s"] * (len(chunk) * width), width)
-            prep = [v for k in chunk for v in info.pk_db_values(k, self.connection)]
+            prep = [v for values in chunk for v in values]
             sql = f"SELECT {cols} FROM {table} WHERE {self._key_columns(info, None)} IN ({marks})"
             for raw in self._query(sql, prep):
                 yield self._convert(info, raw) if fields is info.fields else raw
 
-    def _storable(self, info: TableInfo, key: Any) -> bool:
-        """Whether ``key`` (from a statement's own parameters) is a value the table can hold:
-        MySQL refuses 0 for an AutoField, for instance -- no row has it."""
+    def _prepared(self, info: TableInfo, key: Any) -> list[Any] | None:
+        """``key``'s column values for the database, or None when it is no value the table can
+        hold (a key from a statement's own parameters: MySQL refuses 0 for an AutoField)."""
         try:
-            info.pk_db_values(key, self.connection)
+            return info.pk_db_values(key, self.connection)
         except (ValueError, TypeError):
-            return False
-        return True
+            return None
 
     def _existing_keys(self, info: TableInfo, keys: list[Any]) -> list[Any]:
         return [info.pk_to_python(row) for row in self._by_keys(info, keys, info.pk_fields)]
@@ -1421,6 +1415,11 @@ def _buffer_result(context: dict[str, Any]) -> None:
         return
     rows = raw.fetchall()
     wrapper.cursor = ReplayCursor(wrapper, raw, rows, raw.description, rowcount=raw.rowcount, lastrowid=raw.lastrowid)
+
+
+def _names_keys(stmt: Statement, info: TableInfo) -> bool:
+    """Whether an INSERT's column list gives every primary-key column."""
+    return bool(stmt.columns) and all(_column(f).lower() in stmt.columns for f in info.pk_fields)  # type: ignore[operator]
 
 
 def _unique_sets(info: TableInfo) -> list[tuple[Any, ...]]:

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import re
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,6 +254,19 @@ _CTE_PREFIX = re.compile(_LEAD + r"with\s+(?:recursive\s+)?", re.I | re.S)
 _AFTER_CTE = re.compile(r"\s*(?P<next>,|as\b|not\b|materialized\b|insert\b|update\b|delete\b|replace\b)", re.I)
 
 
+def _depth_tokens(token_re: re.Pattern[str], sql: str, start: int = 0) -> Iterator[tuple[re.Match[str], int]]:
+    """Each token from ``start`` with the parenthesis depth after it (a ``)`` that closes a
+    top-level group comes with 0)."""
+    depth = 0
+    for tok in token_re.finditer(sql, start):
+        text = tok.group(0)
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        yield tok, depth
+
+
 def cte_prefix_end(sql: str) -> int | None:
     """Where the main statement starts after a leading ``WITH`` list whose queries only read
     (``WITH p AS (SELECT ...) DELETE FROM t WHERE ...``), when it is an INSERT, UPDATE or
@@ -260,21 +274,14 @@ def cte_prefix_end(sql: str) -> int | None:
     m = _CTE_PREFIX.match(sql)
     if m is None:
         return None
-    depth = 0
-    for tok in _TOKEN_STD.finditer(sql, m.end()):
-        text = tok.group(0)
-        if text == "(":
-            depth += 1
-        elif text == ")":
-            depth -= 1
-            if depth == 0:
-                after = _AFTER_CTE.match(sql, tok.end())
-                if after is None:
-                    return None
-                word = after.group("next").lower()
-                if word in ("insert", "update", "delete", "replace"):
-                    main = after.start("next")
-                    return None if _WRITES.search(sql, m.end(), main) else main
+    for tok, depth in _depth_tokens(_TOKEN_STD, sql, m.end()):
+        if tok.group(0) == ")" and depth == 0:
+            after = _AFTER_CTE.match(sql, tok.end())
+            if after is None:
+                return None
+            if after.group("next").lower() in ("insert", "update", "delete", "replace"):
+                main = after.start("next")
+                return None if _WRITES.search(sql, m.end(), main) else main
     return None
 
 
@@ -294,15 +301,11 @@ def _joined_update(sql: str) -> tuple[str, str, int, int, int, int | None] | Non
     head = _UPDATE_HEAD.match(sql)
     if head is None:
         return None
-    depth, set_kw, where_kw = 0, None, None
+    set_kw, where_kw = None, None
     commas: list[int] = []
-    for tok in _TOKEN_MYSQL.finditer(sql, head.end()):
+    for tok, depth in _depth_tokens(_TOKEN_MYSQL, sql, head.end()):
         text = tok.group(0)
-        if text == "(":
-            depth += 1
-        elif text == ")":
-            depth -= 1
-        elif depth == 0 and tok.group("kw"):
+        if depth == 0 and tok.group("kw"):
             word = tok.group("kw").lower()
             if word == "set" and set_kw is None:
                 set_kw = tok
@@ -570,14 +573,9 @@ def split_statements(sql: str, vendor: str) -> list[str] | None:
     (a trailing semicolon and comments after it do not make a second)."""
     token_re = _TOKENS.get(vendor, _TOKEN_STD)
     parts: list[str] = []
-    start = depth = 0
-    for tok in token_re.finditer(sql):
-        text = tok.group(0)
-        if text == "(":
-            depth += 1
-        elif text == ")":
-            depth -= 1
-        elif text == ";" and depth <= 0:
+    start = 0
+    for tok, depth in _depth_tokens(token_re, sql):
+        if tok.group(0) == ";" and depth <= 0:
             parts.append(sql[start:tok.start()])
             start = tok.end()
             if _ONLY_COMMENTS[vendor == "mysql"].match(sql, start):
