@@ -31,8 +31,12 @@ from typing import TYPE_CHECKING, Any
 from dbevents import conf, runtime, sqlite_gate
 from dbevents.registry import ModelEntry, TableInfo, get_registry, hashable, table_key, unwrap_key
 from dbevents.sql import (
+    Merge,
+    Part,
     Statement,
     analyse,
+    analyse_merge,
+    compound_writes,
     params_between,
     pk_only_where,
     split_statements,
@@ -226,7 +230,7 @@ class DriverProxy:
     wrappers passed it on. Anything else goes to the driver cursor."""
 
     def __init__(self, capture: ConnectionCapture, wrapper: Any, raw: Any,
-                 watched: tuple[TableInfo, tuple[runtime.Mute, ...]], context: dict[str, Any]) -> None:
+                 watched: tuple[TableInfo | None, tuple[runtime.Mute, ...]], context: dict[str, Any]) -> None:
         self._capture = capture
         self._wrapper = wrapper
         self.raw = raw
@@ -334,7 +338,7 @@ class ConnectionCapture:
             if wrapper.cursor is proxy:  # an inner wrapper did not run the statement
                 wrapper.cursor = raw
 
-    def _watched(self, target: tuple[str, str], sql: str) -> tuple[TableInfo, tuple[runtime.Mute, ...]] | None:
+    def _watched(self, target: tuple[str, str], sql: str) -> tuple[TableInfo | None, tuple[runtime.Mute, ...]] | None:
         """The registered table a write statement changes (and the mutes in force), or None
         when capture has nothing to do with it."""
         if not conf.get("DBEVENTS_ENABLED"):
@@ -344,13 +348,9 @@ class ConnectionCapture:
         if kind == "unsupported":
             self._warn_unsupported(sql, registry.tables)
             return None
-        info = registry.tables.get(key)
-        if info is None and "." in key:
-            # A schema- or database-qualified name of a table the models name bare: the same
-            # table only in the connection's own schema (database, on MySQL).
-            qualifier, bare = key.rsplit(".", 1)
-            if bare in registry.tables and qualifier == self._own_schema():
-                info = registry.tables[bare]
+        if kind == "compound":
+            return self._watched_compound(sql, registry.tables)
+        info = self._table_info(key)
         if info is None:
             return None
         mutes = runtime.mutes.get()
@@ -360,25 +360,55 @@ class ConnectionCapture:
             return None
         return info, mutes
 
+    def _table_info(self, key: str) -> TableInfo | None:
+        """The watched table a statement names with ``key`` (normalised), if any."""
+        tables = get_registry().tables
+        info = tables.get(key)
+        if info is None and "." in key:
+            # A schema- or database-qualified name of a table the models name bare: the same
+            # table only in the connection's own schema (database, on MySQL).
+            qualifier, bare = key.rsplit(".", 1)
+            if bare in tables and qualifier == self._own_schema():
+                info = tables[bare]
+        return info
+
+    def _watched_compound(self, sql: str, tables: dict[str, TableInfo]) -> tuple[None, tuple[runtime.Mute, ...]] | None:
+        """A statement that writes several tables (data-modifying CTEs, a multi-table UPDATE):
+        captured (``None`` for "several tables") when one of its writes is to a watched table,
+        or may be and the scanner cannot tell."""
+        parts = compound_writes(sql, self.connection.vendor)
+        if parts is None:
+            self._warn_unsupported(sql, tables)
+            return None
+        for part in parts:
+            if self._table_info(part.table) is not None or (not part.table and self._registered_in(part.text, tables)):
+                return None, runtime.mutes.get()
+        return None
+
     def _autocommit(self) -> bool:
         return not self.connection.in_atomic_block and self.connection.get_autocommit()
 
-    def capture_execute(self, info: TableInfo, mutes: tuple[runtime.Mute, ...], raw: Any, sql: str, params: Any,
-                        context: dict[str, Any], autocommit: bool) -> Any:
+    def capture_execute(self, info: TableInfo | None, mutes: tuple[runtime.Mute, ...], raw: Any, sql: str,
+                        params: Any, context: dict[str, Any], autocommit: bool) -> Any:
         """Run one write statement on the driver cursor ``raw`` and record its events; returns
-        what the driver's ``execute()`` returns. ``context["cursor"].cursor`` is ``raw`` on entry
-        and whatever Django must read the result from (``raw`` or a :class:`ReplayCursor`) on
-        exit."""
+        what the driver's ``execute()`` returns. ``info`` is the table it writes, None for a
+        statement that writes several (data-modifying CTEs, a multi-table UPDATE).
+        ``context["cursor"].cursor`` is ``raw`` on entry and whatever Django must read the result
+        from (``raw`` or a :class:`ReplayCursor`) on exit."""
 
         def execute(run_sql: str, run_params: Any) -> Any:
             return raw.execute(run_sql) if run_params is None else raw.execute(run_sql, run_params)
 
+        if info is None:
+            return self._capture_compound(mutes, execute, sql, params, context, autocommit)
         try:
             stmt = analyse(sql, self.connection.vendor)
         except Exception:
             logger.exception("dbevents: could not analyse a write to %s on %r; its events are lost",
                              info.model._meta.label, self.connection.alias)
             stmt = None
+        if stmt is None and write_target(sql) == ("merge", info.key):
+            return self._capture_merge(info, mutes, execute, sql, params, context, autocommit)
         if stmt is None:
             logger.error("dbevents: a write to %s on %r has a shape capture cannot follow; no events "
                          "for it: %.300s", info.model._meta.label, self.connection.alias, sql)
@@ -398,7 +428,7 @@ class ConnectionCapture:
             self.flush_committed()
         return result
 
-    def capture_executemany(self, info: TableInfo, mutes: tuple[runtime.Mute, ...], raw: Any, sql: str,
+    def capture_executemany(self, info: TableInfo | None, mutes: tuple[runtime.Mute, ...], raw: Any, sql: str,
                             param_list: Any, context: dict[str, Any]) -> Any:
         """``executemany()``: no driver returns rows from a batch for every statement form, so
         each parameter set runs as one captured ``execute()`` on the driver cursor -- below the
@@ -433,7 +463,7 @@ class ConnectionCapture:
             total = self._in_savepoint(run_all)
         else:
             total = run_all()
-        if ids and inserting:
+        if ids and inserting and info is not None:
             # As for one multi-row INSERT: the first generated key, or the last given one.
             lastrowid = ids[-1] if _names_keys(stmt, info) else ids[0]  # type: ignore[arg-type]
         wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=total, lastrowid=lastrowid,
@@ -464,7 +494,7 @@ class ConnectionCapture:
             return self._guarded(self._run_returning, stmt, info, execute, params, context, mutes)
         return self._guarded(self._run_selecting, stmt, info, execute, params, context, mutes, own_transaction)
 
-    def _guarded(self, path: Callable[..., Any], stmt: Statement, info: TableInfo, execute: Callable[..., Any],
+    def _guarded(self, path: Callable[..., Any], stmt: Statement | Merge, info: TableInfo, execute: Callable[..., Any],
                  params: Any, context: dict[str, Any], *args: Any) -> Any:
         """Run a capture path so that capture's own failures never fail the write: before the
         statement ran, it runs unchanged and uncaptured; after, Django gets its result. Both
@@ -501,7 +531,7 @@ class ConnectionCapture:
         return result
 
     @staticmethod
-    def _show(stmt: Statement, params: Any, state: dict[str, Any], context: dict[str, Any]) -> None:
+    def _show(stmt: Statement | Merge, params: Any, state: dict[str, Any], context: dict[str, Any]) -> None:
         """When capture changed the statement, Django's query log shows it as it was given."""
         if state.get("ran", stmt.sql) == stmt.sql:
             return
@@ -571,10 +601,251 @@ class ConnectionCapture:
         hit = self._registered_in(sql, tables)
         if hit:
             logger.warning(
-                "dbevents: a statement dbevents cannot capture (CTE, MERGE, TRUNCATE or multi-table "
-                "UPDATE) mentions registered table(s) %s on %r; it produces no events: %.300s",
+                "dbevents: a statement dbevents cannot capture (TRUNCATE, or a WITH list, MERGE or "
+                "multi-table UPDATE of a shape it cannot follow) mentions registered table(s) %s on %r; "
+                "it produces no events: %.300s",
                 ", ".join(sorted(set(hit))), self.connection.alias, sql,
             )
+
+    # ------------------------------------------------------------------ statements that write several tables
+
+    def _capture_compound(self, mutes: tuple[runtime.Mute, ...], execute: Callable[..., Any], sql: str,
+                          params: Any, context: dict[str, Any], autocommit: bool) -> Any:
+        """A statement that writes several tables: a WITH list that writes (PostgreSQL: ``WITH d
+        AS (DELETE ... RETURNING *) INSERT INTO archive SELECT * FROM d``), a multi-table UPDATE
+        (MySQL: ``UPDATE t JOIN u ON ... SET t.a = ..., u.b = ...``). The rows of each write are
+        read and locked before it (a CTE's RETURNING rows never reach the client) and the write
+        is restricted to them; a main statement after the CTEs takes the RETURNING path."""
+        parts = compound_writes(sql, self.connection.vendor) or []
+        watched = [(p, self._table_info(p.table)) for p in parts]
+        first = next(((p, i) for p, i in watched if i is not None and p.stmt is not None), None)
+        if first is None:  # only writes capture cannot follow
+            self._warn_parts(watched, sql)
+            return execute(sql, params)
+        stmt, info = first[0].stmt, first[1]
+        assert stmt is not None and info is not None
+
+        def run() -> Any:
+            return self._guarded(self._run_compound, stmt, info, execute, params, context, mutes, watched)
+
+        if autocommit:
+            return self._in_raw_transaction(run, context)
+        return run()
+
+    def _run_compound(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any], params: Any,
+                      context: dict[str, Any], mutes: tuple[runtime.Mute, ...],
+                      watched: list[tuple[Part, TableInfo | None]]) -> Any:
+        sql, vendor = stmt.sql, self.connection.vendor
+        if params is None and any(i is not None and p.before for p, i in watched):
+            # Restricting a write gives the statement parameters: the driver then %-formats it.
+            sql, params = sql.replace("%", "%%"), []
+            watched = [(p, self._table_info(p.table)) for p in compound_writes(sql, vendor) or []]
+        # A CTE's write is read before it runs, so its SELECT must not need a CTE that writes;
+        # the main statement needs that only for the rows a DB_CASCADE deletes with its own.
+        self._warn_parts([(p, i) for p, i in watched if p.stmt is None or not p.self_contained and (
+            p.before or i is not None and p.stmt.kind == "delete" and bool(i.db_children))], sql)
+        recorders: list[Callable[[], None]] = []
+        # From the last write to the first, each analysed anew in the statement as restricted so far.
+        for index in reversed(range(len(watched))):
+            part, part_info = watched[index]
+            if not part.before or part_info is None or part.stmt is None or not part.self_contained:
+                continue
+            restricted = self._before_write(part.stmt, part_info, params, mutes, recorders)
+            if restricted != (sql, params):
+                sql, params = restricted
+                fresh = compound_writes(sql, vendor)
+                if fresh is None or len(fresh) != len(watched):
+                    raise RuntimeError(f"dbevents: the restricted statement cannot be analysed: {sql[:300]}")
+                watched = [(p, i) for p, (_, i) in zip(fresh, watched, strict=True)]
+
+        def run_and_record(run_sql: str, run_params: Any) -> Any:
+            result = run(run_sql, run_params)
+            for record in reversed(recorders):  # in text order
+                record()
+            return result
+
+        main, main_info = watched[-1] if watched and not watched[-1][0].before else (None, None)
+        if main is not None and main_info is not None and main.stmt is not None and (
+                main.self_contained or main.stmt.kind != "delete" or not main_info.db_children):
+            return self._run_returning(main.stmt, main_info, run_and_record, params, context, mutes)
+        result = run_and_record(sql, params)
+        wrapper = context["cursor"]
+        raw = wrapper.cursor
+        with self.connection.wrap_database_errors:
+            rows = raw.fetchall() if raw.description is not None else None
+            wrapper.cursor = ReplayCursor(wrapper, raw, rows, raw.description)
+        return result
+
+    def _before_write(self, stmt: Statement, info: TableInfo, params: Any, mutes: tuple[runtime.Mute, ...],
+                      recorders: list[Callable[[], None]]) -> tuple[str, Any]:
+        """Read (and lock) the rows one UPDATE/DELETE of a statement that writes several tables
+        is about to write and restrict it to them, or take the keys an INSERT names; add what
+        records its events once the statement ran."""
+        label = info.model._meta.label
+        if stmt.kind == "insert":
+            given = self._given_keys(stmt, info, params)
+            if given is None:
+                logger.warning("dbevents: an INSERT into %s (table %s) on %r inside a WITH query, whose keys the "
+                               "database generates, produces no events: a CTE's rows do not reach the client; give "
+                               "the keys or move the INSERT out of the WITH list: %.300s", label, info.key,
+                               self.connection.alias, stmt.sql)
+                return stmt.sql, params
+            existing = set(self._existing_keys(info, given)) if stmt.upsert or stmt.ignore else set()
+            rows = [(k, None, CREATED) for k in given if k not in existing]
+            if stmt.upsert:
+                rows += [(k, None, UPDATED) for k in given if k in existing]
+            recorders.append(lambda: self._record(info, self._next_statement(), _one_per_key(rows), mutes))
+            return stmt.sql, params
+        if stmt.kind == "delete":
+            deleted = self._select_rows(stmt, info, params)
+            keys = [info.pk_of(r) for r in deleted]
+            cascaded = self._db_cascade(info, keys) if info.db_children else None
+            self._settle_conflicts(info, DELETED, set(keys), False)
+
+            def record_deleted() -> None:
+                if cascaded:
+                    self._record_cascade(cascaded, mutes)
+                self._record(info, self._next_statement(), [(info.pk_of(r), r, DELETED) for r in deleted], mutes)
+
+            recorders.append(record_deleted)
+        else:
+            keys = [info.pk_to_python(r) for r in self._select_rows(stmt, info, params, pk_only=True)]
+            self._settle_conflicts(info, UPDATED, set(keys), False)
+            recorders.append(lambda: self._record(info, self._next_statement(), [(k, None, UPDATED) for k in keys],
+                                                  mutes))
+        return self._restrict(stmt, info, params, keys)
+
+    def _warn_parts(self, watched: list[tuple[Part, TableInfo | None]], sql: str) -> None:
+        tables = get_registry().tables
+        hit = {p.table for p, i in watched if i is not None} | {
+            n for p, i in watched if not p.table for n in self._registered_in(p.text, tables)}
+        if hit:
+            logger.warning("dbevents: a write inside a WITH query to registered table(s) %s on %r has a shape "
+                           "capture cannot follow (or names a CTE that writes); it produces no events: %.300s",
+                           ", ".join(sorted(hit)), self.connection.alias, sql)
+
+    # ------------------------------------------------------------------ MERGE
+
+    def _capture_merge(self, info: TableInfo, mutes: tuple[runtime.Mute, ...], execute: Callable[..., Any],
+                       sql: str, params: Any, context: dict[str, Any], autocommit: bool) -> Any:
+        """``MERGE`` (PostgreSQL 15+; before 17 it has no RETURNING): the target rows its join
+        matches are read and locked before it, its WHEN MATCHED clauses restricted to them; the
+        keys its INSERT names are read from the source. After it, a row's new version (ctid)
+        tells updated from untouched, a missing row was deleted -- and when these do not add up
+        to its row count (an INSERT of generated keys), a WARNING says how many rows it missed."""
+        merge = analyse_merge(sql)
+        if merge is None:
+            logger.warning("dbevents: a MERGE into %s (table %s) on %r has a shape capture cannot follow; it "
+                           "produces no events: %.300s", info.model._meta.label, info.key, self.connection.alias, sql)
+            return execute(sql, params)
+
+        def run() -> Any:
+            return self._guarded(self._run_merge, merge, info, execute, params, context, mutes)
+
+        if autocommit:
+            return self._in_raw_transaction(run, context)
+        return run()
+
+    def _run_merge(self, merge: Merge, info: TableInfo, run: Callable[[str, Any], Any], params: Any,
+                   context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
+        qn = self.connection.ops.quote_name
+        named = isinstance(params, dict)
+
+        def between(a: int, b: int) -> list[Any]:
+            if params is None or named:
+                return []
+            return list(params)[merge.count_params_before(a):merge.count_params_before(b)]
+
+        args = params if named else (between(*merge.source) + between(*merge.on)) or None
+        cols = ", ".join(f"{merge.ref}.{qn(_column(f))}" for f in info.fields)
+        source = merge.sql[slice(*merge.source)]
+        matched = self._query(
+            f"SELECT {cols} FROM {merge.target} JOIN {source} ON {merge.sql[slice(*merge.on)]} "
+            f"FOR UPDATE OF {merge.ref}", args) if any(c.matched and c.action != "nothing" for c in merge.clauses) else []
+        before = {info.pk_of(r): r for r in (self._convert(info, raw) for raw in matched)}
+        candidates = self._merge_insert_keys(info, merge, params, between)
+        self._settle_conflicts(info, UPDATED, set(before) | set(candidates), False)
+        versions = self._row_versions(info, [*before, *candidates])
+        sql, run_params = self._restrict_merge(merge, info, params, list(before))
+        result = run(sql, run_params)
+        count = context["cursor"].cursor.rowcount
+        after = self._row_versions(info, [*before, *candidates])
+        deleted = [(k, row, DELETED) for k, row in before.items() if k not in after]
+        updated = [(k, None, UPDATED) for k in before if k in after and after[k] != versions.get(k)]
+        created = [(k, None, CREATED) for k in candidates if k in after and k not in versions]
+        if count is not None and count > len(deleted) + len(updated) + len(created):
+            logger.warning("dbevents: a MERGE into %s (table %s) on %r wrote %d row(s) whose keys capture cannot "
+                           "know (an INSERT of generated keys: name the key column in its INSERT): they produce no "
+                           "events", info.model._meta.label, info.key, self.connection.alias,
+                           count - len(deleted) - len(updated) - len(created))
+        for rows in (deleted, updated, created):
+            self._record(info, self._next_statement(), rows, mutes)
+        return result
+
+    def _merge_insert_keys(self, info: TableInfo, merge: Merge, params: Any,
+                           between: Callable[[int, int], list[Any]]) -> list[Any]:
+        """The keys a MERGE's INSERT actions may write: their key expressions over the source."""
+        keys: list[Any] = []
+        names = [_column(f).lower() for f in info.pk_fields]
+        for clause in merge.clauses:
+            if clause.action != "insert" or clause.columns is None or clause.values is None:
+                continue
+            if not all(n in clause.columns for n in names):
+                continue
+            spans = [clause.values[clause.columns.index(n)] for n in names]
+            exprs = ", ".join(merge.sql[a:b] for a, b in spans)
+            args = params if isinstance(params, dict) else (
+                [v for span in spans for v in between(*span)] + between(*merge.source)) or None
+            found = self._query(f"SELECT DISTINCT {exprs} FROM {merge.sql[slice(*merge.source)]}", args)
+            keys += [info.pk_to_python(tuple(r)) for r in found if None not in r]
+        return list(dict.fromkeys(keys))
+
+    def _row_versions(self, info: TableInfo, keys: list[Any]) -> dict[Any, str]:
+        """PostgreSQL: each existing row's physical version (``ctid``), which any UPDATE changes."""
+        qn = self.connection.ops.quote_name
+        width = len(info.pk_fields)
+        prepared = [p for p in (self._prepared(info, k) for k in dict.fromkeys(keys)) if p is not None]
+        found: dict[Any, str] = {}
+        for i in range(0, len(prepared), 10_000):
+            chunk = prepared[i:i + 10_000]
+            marks = _key_list(["%s"] * (len(chunk) * width), width)
+            cols = ", ".join(qn(_column(f)) for f in info.pk_fields)
+            rows = self._query(f"SELECT {cols}, ctid::text FROM {qn(info.model._meta.db_table)} "
+                               f"WHERE {self._key_columns(info, None)} IN ({marks})", [v for c in chunk for v in c])
+            found.update((info.pk_to_python(tuple(r[:width])), r[width]) for r in rows)
+        return found
+
+    def _restrict_merge(self, merge: Merge, info: TableInfo, params: Any, keys: list[Any]) -> tuple[str, Any]:
+        """Add ``AND <key> IN (<the locked keys>)`` to each WHEN MATCHED clause, so a row that
+        begins to match after capture read them is left alone rather than written unseen."""
+        clauses = [c for c in merge.clauses if c.matched and c.action != "nothing"]
+        if not clauses:
+            return merge.sql, params
+        sql = merge.sql if params is not None else merge.sql.replace("%", "%%")
+        if params is None:
+            merge = analyse_merge(sql) or merge
+            clauses = [c for c in merge.clauses if c.matched and c.action != "nothing"]
+        prep = [v for k in keys for v in info.pk_db_values(k, self.connection)]
+        col = self._key_columns(info, merge.ref)
+        named = isinstance(params, dict)
+        plist: list[Any] = [] if named or params is None else list(params)
+        new_params: dict[str, Any] = dict(params) if named else {}
+        for n, clause in reversed(list(enumerate(clauses))):
+            if named:
+                names = [f"dbevents_pk_{n}_{i}" for i in range(len(prep))]
+                new_params.update(zip(names, prep, strict=True))
+                marks = _key_list([f"%({x})s" for x in names], len(info.pk_fields))
+            else:
+                marks = _key_list(["%s"] * len(prep), len(info.pk_fields))
+                cut = merge.count_params_before(clause.then)
+                plist[cut:cut] = prep
+            cond = f"{col} IN ({marks})" if prep else "false"
+            if clause.condition is not None:
+                a, b = clause.condition
+                sql = f"{sql[:a]} ({sql[a:b]}) AND {cond} {sql[b:]}"
+            else:
+                sql = f"{sql[:clause.then]}AND {cond} {sql[clause.then:]}"
+        return sql, new_params if named else plist
 
     # ------------------------------------------------------------------ RETURNING path
 
@@ -894,20 +1165,28 @@ class ConnectionCapture:
         else:
             cols = ", ".join(f"{stmt.ref}.{qn(_column(f))}" for f in info.fields)
         where = f" WHERE {stmt.sql[stmt.where[0]:stmt.where[1]]}" if stmt.where else ""
-        tail = stmt.sql[stmt.where_end:stmt.end] if stmt.where_end < stmt.end else ""
+        stop = stmt.returning_at if stmt.returning_at is not None else stmt.end
+        tail = stmt.sql[stmt.where_end:stop] if stmt.where_end < stop else ""
         # The parameters of the join list (DELETE), WHERE, ORDER BY and LIMIT, in that order.
         start = stmt.where[0] if stmt.kind == "update" and stmt.where else (stmt.from_start or stmt.where_end)
         if stmt.kind == "update" and not stmt.where:
             start = stmt.where_end
-        select_params = params_between(stmt, params, start, stmt.end)
-        if stmt.kind == "update" and stmt.from_start is not None and not isinstance(params, dict):
-            # A multi-table UPDATE: its join list's parameters come first.
-            joins = params_between(stmt, params, stmt.from_start, stmt.set_start or stmt.from_start)
-            select_params = list(joins or []) + list(select_params or [])
-        lock = " FOR UPDATE" if self.connection.features.has_select_for_update else ""
-        with_list = stmt.sql[:stmt.prefix_end]  # a leading read-only WITH list the WHERE may use
+        select_params = params_between(stmt, params, start, stop)
+        joins = None
+        if stmt.kind == "update" and stmt.from_start is not None:  # MySQL: UPDATE <join list> SET
+            joins = (stmt.from_start, stmt.set_start or stmt.from_start)
+        elif stmt.kind == "update" and stmt.join_list is not None:  # PostgreSQL: UPDATE t SET ... FROM <join list>
+            joins = stmt.join_list
+        if joins is not None and not isinstance(params, dict):
+            # Its join list's parameters come first.
+            select_params = list(params_between(stmt, params, *joins) or []) + list(select_params or [])
+        features = self.connection.features
+        lock = " FOR UPDATE" if features.has_select_for_update else ""
+        if lock and stmt.join_list is not None and features.has_select_for_update_of:
+            lock = f" FOR UPDATE OF {stmt.ref}"  # as the statement, lock the target's rows only
+        with_list = stmt.sql[:stmt.with_end]  # a leading read-only WITH list the WHERE may use
         if with_list and not isinstance(params, dict):
-            select_params = list(params_between(stmt, params, 0, stmt.prefix_end) or []) + list(select_params or [])
+            select_params = list(params_between(stmt, params, 0, stmt.with_end) or []) + list(select_params or [])
         rows = self._query(f"{with_list} SELECT {cols} FROM {stmt.source}{where} {tail}{lock}", select_params)
         # A join can meet a row several times.
         if pk_only:

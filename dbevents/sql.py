@@ -21,7 +21,8 @@ from typing import Any
 
 _IDENT = r'(?:"(?:[^"]|"")+"|`(?:[^`]|``)+`|\[[^\]]+\]|[A-Za-z_][\w$]*)'
 _QNAME = rf"(?P<table>{_IDENT}(?:\s*\.\s*{_IDENT})?)"
-_LEAD = r"\A\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|\Z))\s*)*"
+_GAP = r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|\Z))\s*)*"  # spaces and comments
+_LEAD = r"\A" + _GAP
 
 # The hot-path filter: is the first keyword one that writes?
 _FIRST_WRITE = re.compile(_LEAD + r"(?P<kw>insert|update|delete|replace|with|merge|truncate)\b", re.I | re.S)
@@ -171,19 +172,28 @@ def _classify(sql: str, kw: str) -> tuple[str, str] | None:
         kind = "update"
         if m is None:
             joined = _joined_update(sql)
-            return ("update", unquote(joined[0])) if joined else ("unsupported", "")
+            if joined is None:
+                return ("unsupported", "")
+            # One table written: the UPDATE of that table; several: one write per table.
+            return ("update", unquote(joined[0][0][0])) if len(joined[0]) == 1 else ("compound", "")
     elif kw == "delete":
         m = _DELETE.match(sql) or _DELETE_JOIN.match(sql)
         kind = "delete"
+    elif kw == "merge":
+        merge = analyse_merge(sql)
+        return ("merge", merge.table) if merge is not None else ("unsupported", "")
     elif kw == "with":
-        main = cte_prefix_end(sql)
-        if main is not None:  # read-only CTEs before an INSERT/UPDATE/DELETE: the main statement
-            masked = " " * main + sql[main:]
-            first = _FIRST_WRITE.match(masked)
-            return _classify(masked, first.group("kw").lower()) if first else None
-        if not _WRITES.search(sql):
+        ctes = with_list(sql, _TOKEN_STD)
+        if ctes is None:
+            return ("unsupported", "") if _WRITES.search(sql) else None
+        if any(c.writes for c in ctes.ctes):
+            return ("compound", "")  # a data-modifying CTE: several writes in one statement
+        masked = " " * ctes.main + sql[ctes.main:]
+        first = _FIRST_WRITE.match(masked)
+        if first is None:
             return None  # a read that starts with a CTE
-        return ("unsupported", "")
+        # Read-only CTEs before an INSERT/UPDATE/DELETE: the main statement.
+        return _classify(masked, first.group("kw").lower())
     else:
         return ("unsupported", "")
     if m is None:
@@ -221,7 +231,9 @@ class Statement:
     values_start: int | None       # INSERT ... VALUES: offset just after VALUES
     end: int                       # end of the statement without a trailing ';' and spaces
     placeholders: list[tuple[int, str | None]]  # (offset, name or None) of each top-level-or-not %s
-    prefix_end: int = 0            # after a leading read-only WITH list: where the statement starts
+    prefix_end: int = 0            # after a leading WITH list: where the statement starts
+    with_end: int = 0              # sql[:with_end]: the leading read-only CTEs, for capture's own SELECT
+    join_list: tuple[int, int] | None = None  # PostgreSQL's UPDATE ... FROM / DELETE ... USING <join list>
 
     def count_params_before(self, offset: int) -> int:
         """How many placeholders stand before ``offset`` (SET params precede WHERE params)."""
@@ -251,7 +263,14 @@ def _cached_analyse(sql: str, vendor: str) -> Statement | None:
 
 
 _CTE_PREFIX = re.compile(_LEAD + r"with\s+(?:recursive\s+)?", re.I | re.S)
-_AFTER_CTE = re.compile(r"\s*(?P<next>,|as\b|not\b|materialized\b|insert\b|update\b|delete\b|replace\b)", re.I)
+# One entry of a WITH list up to its query's opening parenthesis: name [(columns)] AS [NOT] [MATERIALIZED] (
+_CTE_HEAD = re.compile(
+    rf"\s*(?P<name>{_IDENT})\s*(?:\([^()]*\)\s*)?as\s+(?:(?:not\s+)?materialized\s+)?\(", re.I | re.S,
+)
+_BODY_WRITE = re.compile(_GAP + r"(?:insert|update|delete|merge)\b", re.I | re.S)
+_MAIN_WRITE = re.compile(r"(?:insert|update|delete|replace)\b", re.I)
+_NEXT_CTE = re.compile(_GAP + ",", re.S)
+_MAIN_AFTER_CTES = re.compile(_GAP + r"(?P<kw>select|insert|update|delete|replace|values|table|merge)\b", re.I | re.S)
 
 
 def _depth_tokens(token_re: re.Pattern[str], sql: str, start: int = 0) -> Iterator[tuple[re.Match[str], int]]:
@@ -267,22 +286,259 @@ def _depth_tokens(token_re: re.Pattern[str], sql: str, start: int = 0) -> Iterat
         yield tok, depth
 
 
-def cte_prefix_end(sql: str) -> int | None:
-    """Where the main statement starts after a leading ``WITH`` list whose queries only read
-    (``WITH p AS (SELECT ...) DELETE FROM t WHERE ...``), when it is an INSERT, UPDATE or
-    DELETE; None for anything else (a data-modifying CTE, a main SELECT)."""
+@dataclass(frozen=True)
+class CTE:
+    """One query of a WITH list: ``sql[start:end]`` is its body (inside the parentheses)."""
+
+    name: str      # normalised
+    start: int
+    end: int
+    writes: bool   # INSERT/UPDATE/DELETE: a data-modifying CTE (PostgreSQL)
+
+
+@dataclass(frozen=True)
+class WithList:
+    """A statement's leading WITH list and where the main statement starts."""
+
+    ctes: tuple[CTE, ...]
+    main: int
+
+    def read_only_end(self) -> int:
+        """Where the leading run of read-only CTEs ends (after its last ``)``); 0 when the
+        first CTE writes. ``sql[:read_only_end()]`` is a WITH list a SELECT may follow."""
+        end = 0
+        for cte in self.ctes:
+            if cte.writes:
+                break
+            end = cte.end + 1
+        return end
+
+
+def with_list(sql: str, token_re: re.Pattern[str]) -> WithList | None:
+    """The CTEs of a statement that starts with ``WITH``; None when it does not, or when its
+    list has a shape this scanner does not follow (``SEARCH``/``CYCLE`` clauses, ...)."""
     m = _CTE_PREFIX.match(sql)
     if m is None:
         return None
-    for tok, depth in _depth_tokens(_TOKEN_STD, sql, m.end()):
-        if tok.group(0) == ")" and depth == 0:
-            after = _AFTER_CTE.match(sql, tok.end())
-            if after is None:
+    ctes: list[CTE] = []
+    pos = m.end()
+    while True:
+        head = _CTE_HEAD.match(sql, pos)
+        if head is None:
+            return None
+        close = None
+        for tok, depth in _depth_tokens(token_re, sql, head.end()):
+            if tok.group(0) == ")" and depth < 0:
+                close = tok.start()
+                break
+            if tok.group(0) == ";" and depth == 0:
                 return None
-            if after.group("next").lower() in ("insert", "update", "delete", "replace"):
-                main = after.start("next")
-                return None if _WRITES.search(sql, m.end(), main) else main
-    return None
+        if close is None:
+            return None
+        writes = _BODY_WRITE.match(sql, head.end()) is not None
+        ctes.append(CTE(unquote(head.group("name")), head.end(), close, writes))
+        after = _NEXT_CTE.match(sql, close + 1)
+        if after is None:
+            main = _MAIN_AFTER_CTES.match(sql, close + 1)
+            return WithList(tuple(ctes), main.start("kw")) if main else None
+        pos = after.end()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One write of a statement that holds several: the query of a data-modifying CTE, or the
+    main statement after them."""
+
+    table: str                # normalised target; "" when the scanner cannot tell
+    text: str                 # the part's own text, for log lines
+    stmt: Statement | None    # offsets into the whole statement; None: a shape capture cannot follow
+    cte: CTE | None           # the CTE whose query it is
+    # It names no CTE beyond the leading read-only ones, so capture's SELECT of the rows it is
+    # about to write can run before it (with ``sql[:stmt.with_end]`` in front).
+    self_contained: bool
+    # Its rows are read before the statement runs (a CTE's write, one table of a multi-table
+    # UPDATE); else it is the main statement after the CTEs, which takes the RETURNING path.
+    before: bool = True
+
+
+def compound_writes(sql: str, vendor: str) -> list[Part] | None:
+    """The writes of a statement that writes several tables: one whose WITH list holds
+    INSERT/UPDATE/DELETE queries (PostgreSQL), CTEs first, in text order; a multi-table UPDATE
+    (MySQL), one per table. None when the statement cannot be followed."""
+    if len(sql) <= _CACHED_SQL_LENGTH:
+        return _cached_compound(sql, vendor)
+    return _compound(sql, vendor)
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_compound(sql: str, vendor: str) -> list[Part] | None:
+    return _compound(sql, vendor)
+
+
+def _compound(sql: str, vendor: str) -> list[Part] | None:
+    joined = _joined_update(sql) if _UPDATE_HEAD.match(sql) else None
+    if joined is not None:
+        return [Part(unquote(table), sql, _joined_update_statement(sql, i) if vendor == "mysql" else None, None, True)
+                for i, (table, _ref) in enumerate(joined[0])]
+    token_re = _TOKENS.get(vendor, _TOKEN_STD)
+    ctes = with_list(sql, token_re)
+    if ctes is None:
+        return None
+    run_end = ctes.read_only_end()
+    later = {c.name for c in ctes.ctes if c.end >= run_end}
+    every = _placeholders(token_re, sql, 0, len(sql))
+    parts = []
+    for cte in ctes.ctes:
+        if not cte.writes:
+            continue
+        body = sql[cte.start:cte.end]
+        target = write_target(body)
+        table = target[1] if target is not None else ""
+        stmt = None
+        if table:
+            masked = " " * cte.start + body + " " * (len(sql) - cte.end)
+            stmt = _analyse(masked, vendor)
+            if stmt is not None:
+                stmt = dataclasses.replace(stmt, sql=sql, placeholders=every, with_end=run_end)
+        parts.append(Part(table, body, stmt, cte, not (table_names(body) & later)))
+    if _MAIN_WRITE.match(sql, ctes.main):
+        text = sql[ctes.main:]
+        target = write_target(" " * ctes.main + text)
+        table = target[1] if target is not None else ""
+        stmt = _analyse(sql, vendor) if table else None
+        parts.append(Part(table, text, stmt, None, not (table_names(text) & later), before=False))
+    return parts
+
+
+_MERGE_HEAD = re.compile(
+    _LEAD + rf"merge\s+into\s+(?:only\s+)?{_QNAME}(?:\s+(?:as\s+)?(?P<alias>(?!using\b){_IDENT}))?\s+using\b",
+    re.I | re.S,
+)
+# The words that delimit MERGE's clauses, and what the clauses contain.
+_TOKEN_MERGE = re.compile(
+    r"\$(?P<dq>(?:[A-Za-z_][A-Za-z_0-9]*)?)\$.*?\$(?P=dq)\$|(?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*'"
+    r"|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|[();,]|%%|%s|%\((?P<name>\w+)\)s"
+    r"|\b(?P<kw>on|when|not|matched|by|and|then|insert|update|delete|do|values|default|returning|case|end)\b",
+    re.I | re.S,
+)
+
+
+@dataclass(frozen=True)
+class MergeClause:
+    """One ``WHEN [NOT] MATCHED [AND condition] THEN <action>`` of a MERGE."""
+
+    matched: bool
+    condition: tuple[int, int] | None   # span of its AND condition
+    then: int                           # where THEN starts: an extra condition goes before it
+    action: str                         # update | delete | insert | nothing
+    columns: list[str] | None = None    # INSERT's column list, normalised
+    values: list[tuple[int, int]] | None = None  # INSERT's VALUES expressions, one span each
+
+
+@dataclass(frozen=True)
+class Merge:
+    """The parts of a ``MERGE INTO <target> USING <source> ON <condition> WHEN ...`` statement
+    (PostgreSQL 15+) that capture needs; offsets index into ``sql``."""
+
+    sql: str
+    table: str                 # normalised target
+    target: str                # the target as a FROM clause: table [alias]
+    ref: str                   # how the statement names the target in column references
+    source: tuple[int, int]    # span of the data source (a table or subquery, with its alias)
+    on: tuple[int, int]        # span of the join condition
+    clauses: tuple[MergeClause, ...]
+    placeholders: list[tuple[int, str | None]]
+    keyword = "MERGE"
+
+    def count_params_before(self, offset: int) -> int:
+        return bisect_left(self.placeholders, offset, key=_offset)
+
+
+def analyse_merge(sql: str) -> Merge | None:
+    """Scan a MERGE statement; None when it has a shape this scanner does not follow (a WITH
+    list before it, PostgreSQL 17's ``NOT MATCHED BY SOURCE`` and ``RETURNING``)."""
+    head = _MERGE_HEAD.match(sql)
+    if head is None:
+        return None
+    top: list[tuple[str, int, int]] = []
+    depth, case = 0, 0
+    end = len(sql.rstrip())
+    for tok in _TOKEN_MERGE.finditer(sql, head.end()):
+        text = tok.group(0)
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        elif text == ";" and depth == 0:
+            if not _ONLY_COMMENTS[False].match(sql, tok.end()):
+                return None
+            end = tok.start()
+            break
+        elif tok.group("kw") and depth == 0:
+            word = tok.group("kw").lower()
+            # CASE ... WHEN ... THEN ... END in an expression is not a clause.
+            case += (word == "case") - (word == "end" and case > 0)
+            if not case and word != "case" and word != "end":
+                top.append((word, tok.start(), tok.end()))
+        elif text == "," and depth == 0 and not case:
+            top.append((",", tok.start(), tok.end()))
+    words = [w for w, _, _ in top]
+    if "on" not in words or "when" not in words or "returning" in words or "by" in words:
+        return None
+    on_kw = top[words.index("on")]
+    whens = [i for i, w in enumerate(words) if w == "when"]
+    clauses = []
+    for n, i in enumerate(whens):
+        stop = top[whens[n + 1]][1] if n + 1 < len(whens) else end
+        part = [t for t in top[i + 1:] if t[1] < stop]
+        pw = [w for w, _, _ in part]
+        matched = pw[:1] == ["matched"]
+        if not matched and pw[:2] != ["not", "matched"] or "then" not in pw:
+            return None
+        then = part[pw.index("then")]
+        after = pw[pw.index("then") + 1:pw.index("then") + 2]
+        action = {"update": "update", "delete": "delete", "insert": "insert", "do": "nothing"}.get(
+            after[0] if after else "", "")
+        if not action:
+            return None
+        condition = None
+        lead = 1 if matched else 2
+        if pw[lead:lead + 1] == ["and"]:
+            condition = (part[lead][2], then[1])
+        columns = values = None
+        if action == "insert":
+            columns, values = _merge_insert(sql, then[2], stop)
+        clauses.append(MergeClause(matched, condition, then[1], action, columns, values))
+    alias = head.group("alias")
+    return Merge(
+        sql=sql, table=unquote(head.group("table")), ref=alias or head.group("table"),
+        target=sql[head.start("table"):head.end() - len("using")].strip(),
+        source=(head.end(), on_kw[1]), on=(on_kw[2], top[whens[0]][1]), clauses=tuple(clauses),
+        placeholders=_placeholders(_TOKEN_PG, sql, 0, end),
+    )
+
+
+_MERGE_INSERT = re.compile(r"\s*insert\s*(?:\((?P<cols>[^()]*)\))?\s*(?:overriding\s+\w+\s+value\s*)?values\s*\(",
+                           re.I | re.S)
+
+
+def _merge_insert(sql: str, start: int, stop: int) -> tuple[list[str] | None, list[tuple[int, int]] | None]:
+    """An INSERT action's column list and the span of each VALUES expression."""
+    m = _MERGE_INSERT.match(sql, start, stop)
+    if m is None or m.group("cols") is None:
+        return None, None
+    columns = [unquote(c.strip()) for c in m.group("cols").split(",")]
+    spans, begin = [], m.end()
+    for tok, depth in _depth_tokens(_TOKEN_MERGE, sql, m.end()):
+        if tok.start() >= stop:
+            break
+        if depth == 0 and tok.group(0) == ",":
+            spans.append((begin, tok.start()))
+            begin = tok.end()
+        elif depth < 0:
+            spans.append((begin, tok.start()))
+            break
+    return (columns, spans) if len(spans) == len(columns) else (None, None)
 
 
 _UPDATE_HEAD = re.compile(_LEAD + r"(?P<kw>update)\s+(?:(?:low_priority|ignore)\s+)*", re.I | re.S)
@@ -294,10 +550,10 @@ _JOIN_ENTRY = re.compile(
 _ASSIGNED = re.compile(rf"\s*(?P<q>{_IDENT})\s*\.\s*{_IDENT}\s*=", re.S)
 
 
-def _joined_update(sql: str) -> tuple[str, str, int, int, int, int | None] | None:
-    """MySQL's multi-table UPDATE (``UPDATE t JOIN u ON ... SET t.a = ... WHERE ...``) when its
-    SET writes columns of one table only: ``(table, its reference, join list start, SET
-    keyword start, SET list start, WHERE condition start or None)``."""
+def _joined_update(sql: str) -> tuple[list[tuple[str, str]], int, int, int, int | None] | None:
+    """MySQL's multi-table UPDATE (``UPDATE t JOIN u ON ... SET t.a = ..., u.b = ... WHERE ...``)
+    when each SET column names its table: ``([(table, its reference), ...], join list start, SET
+    keyword start, SET list start, WHERE condition start or None)``, tables in SET order."""
     head = _UPDATE_HEAD.match(sql)
     if head is None:
         return None
@@ -334,29 +590,33 @@ def _joined_update(sql: str) -> tuple[str, str, int, int, int, int | None] | Non
         table = entry.group("t")
         refs[unquote(entry.group("a") or table.split(".")[-1])] = table
     bounds = [set_kw.end(), *[c + 1 for c in commas], stop]
-    written = set()
+    written: dict[str, str] = {}  # normalised reference -> as written
     for a, b in zip(bounds, bounds[1:], strict=False):
         m = _ASSIGNED.match(sql, a, b)
         if m is None:
             return None  # an unqualified column: which table it belongs to is the server's call
-        written.add(m.group("q"))
-    tables = {unquote(q): refs.get(unquote(q)) for q in written}
-    if len(tables) != 1 or None in tables.values():
+        written.setdefault(unquote(m.group("q")), m.group("q"))
+    if any(key not in refs for key in written):
         return None
-    ((ref_key, found),) = tables.items()
-    table = str(found)
-    ref = next(q for q in written if unquote(q) == ref_key)
-    return (table, ref, head.end(), set_kw.start(), set_kw.end(), where_kw.end() if where_kw else None)
+    tables = [(refs[key], ref) for key, ref in written.items()]
+    return (tables, head.end(), set_kw.start(), set_kw.end(), where_kw.end() if where_kw else None)
 
 
-def _joined_update_statement(sql: str) -> Statement | None:
+def _placeholders(token_re: re.Pattern[str], sql: str, start: int, end: int) -> list[tuple[int, str | None]]:
+    return [(t.start(), t.group("name")) for t in token_re.finditer(sql, start, end)
+            if t.group(0) == "%s" or t.group("name")]
+
+
+def _joined_update_statement(sql: str, which: int = 0) -> Statement | None:
+    """The Statement of a multi-table UPDATE's write to its ``which``-th table (SET order);
+    None when it is no such UPDATE."""
     joined = _joined_update(sql)
-    if joined is None:
+    if joined is None or which >= len(joined[0]):
         return None
-    table, ref, join_start, set_at, set_start, where_start = joined
+    tables, join_start, set_at, set_start, where_start = joined
+    table, ref = tables[which]
     end = len(sql.rstrip().rstrip(";").rstrip())
-    placeholders = [(t.start(), t.group("name")) for t in _TOKEN_MYSQL.finditer(sql)
-                    if t.group(0) == "%s" or t.group("name")]
+    placeholders = _placeholders(_TOKEN_MYSQL, sql, 0, len(sql))
     return Statement(
         sql=sql, kind="update", keyword="UPDATE", table=unquote(table), ref=ref, multi_table_delete=False,
         source=sql[join_start:set_at].strip(), from_start=join_start, set_start=set_start,
@@ -368,18 +628,19 @@ def _joined_update_statement(sql: str) -> Statement | None:
 
 def _analyse(sql: str, vendor: str) -> Statement | None:
     if vendor == "mysql" and _UPDATE_HEAD.match(sql) and not _UPDATE.match(sql):
-        return _joined_update_statement(sql)
+        joined = _joined_update(sql)
+        return _joined_update_statement(sql) if joined and len(joined[0]) == 1 else None
     if _CTE_PREFIX.match(sql):
-        main = cte_prefix_end(sql)
-        if main is None:
+        # The main statement after a WITH list (whose queries may write: see compound_writes).
+        token_re = _TOKENS.get(vendor, _TOKEN_STD)
+        ctes = with_list(sql, token_re)
+        if ctes is None or not _MAIN_WRITE.match(sql, ctes.main):
             return None
-        inner = _analyse(" " * main + sql[main:], vendor)
+        inner = _analyse(" " * ctes.main + sql[ctes.main:], vendor)
         if inner is None:
             return None
-        token_re = _TOKENS.get(vendor, _TOKEN_STD)
-        before = [(t.start(), t.group("name")) for t in token_re.finditer(sql, 0, main)
-                  if t.group(0) == "%s" or t.group("name")]
-        return dataclasses.replace(inner, sql=sql, placeholders=before + inner.placeholders, prefix_end=main)
+        return dataclasses.replace(inner, sql=sql, placeholders=_placeholders(token_re, sql, 0, ctes.main)
+                                   + inner.placeholders, prefix_end=ctes.main, with_end=ctes.read_only_end())
     head = _INSERT.match(sql) or _UPDATE.match(sql) or _DELETE.match(sql) or _DELETE_JOIN.match(sql)
     if head is None:
         return None
@@ -449,12 +710,21 @@ def _analyse(sql: str, vendor: str) -> Statement | None:
     if w is not None:
         where_end = min([t for t in tails if t > w[2]] + [end])
         where = (w[2], where_end)
+    join_list = None
     if kind == "update":
         source = sql[head.start("table"):head.end()].rstrip()[:-3].rstrip()
+        f = first("from")  # PostgreSQL's UPDATE t SET ... FROM <join list> WHERE ...
+        if f is not None and (w is None or f[1] < w[1]):
+            join_list = (f[2], w[1] if w else where_end)
+            source = f"{source}, {sql[join_list[0]:join_list[1]].strip()}"
     elif multi:
         source = sql[head.end():w[1] if w else where_end].strip()
     else:
         source = sql[head.start("table"):head.end()].strip()
+        u = first("using") if kind == "delete" else None  # PostgreSQL's DELETE FROM t USING <join list>
+        if u is not None:
+            join_list = (u[2], w[1] if w else where_end)
+            source = f"{source}, {sql[join_list[0]:join_list[1]].strip()}"
     set_start = head.end() if kind == "update" else None
     from_start = (head.end() if multi else head.start("table")) if kind == "delete" else None
     upsert = ignore = replace = False
@@ -481,7 +751,7 @@ def _analyse(sql: str, vendor: str) -> Statement | None:
         sql=sql, kind=kind, keyword=keyword, table=unquote(table), ref=ref,
         multi_table_delete=multi, source=source, from_start=from_start, set_start=set_start, where=where,
         where_end=where_end, returning=returning, returning_at=returning_at, upsert=upsert, ignore=ignore, replace=replace, columns=columns,
-        values_start=values_start, end=end, placeholders=placeholders,
+        values_start=values_start, end=end, placeholders=placeholders, join_list=join_list,
     )
 
 
@@ -526,6 +796,12 @@ def values_rows(stmt: Statement, params: Any) -> list[list[Any]] | None:
     if on:
         body = body[: on.start() + 1]
     ncol = len(stmt.columns)
+    # Its own parameters: not those of a WITH list before it or an ON CONFLICT clause after it.
+    if params is not None:
+        first = stmt.count_params_before(stmt.values_start)
+        last = stmt.count_params_before(stmt.values_start + len(body))
+        if first or last != len(params):
+            params = list(params)[first:last]
     row = r"\(\s*%s(?:\s*,\s*%s){" + str(ncol - 1) + r"}\s*\)"
     if re.fullmatch(rf"\s*{row}(?:\s*,\s*{row})*\s*", body):
         values = list(params or ())

@@ -48,6 +48,7 @@ class Case:
     warns: bool = False              # dbevents logs a WARNING naming the table instead of events
     replaces: tuple[Any, ...] = ()   # keys a REPLACE deletes and inserts anew: deleted + created
     fetch: bool = True               # call fetchall() after the statement
+    also: tuple[str, ...] = ()       # other tables the statement writes (data-modifying CTEs)
     marks: list[Any] = field(default_factory=list)
 
 
@@ -180,13 +181,84 @@ CASES = [
          [77, 1], vendors=("sqlite", "postgresql")),
     Case("cte-read-then-insert", "shop_counter",
          "WITH p AS (SELECT 5 AS v) INSERT INTO shop_counter (value) SELECT v FROM p", vendors=("sqlite", "postgresql")),
-    # Beyond capture (a WARNING names the registered table written).
+    # Data-modifying CTEs (PostgreSQL): each CTE's write and the main statement.
     Case("cte-update", "shop_counter",
          "WITH t AS (UPDATE shop_counter SET value = 0 WHERE id = 1 RETURNING id) SELECT id FROM t",
-         vendors=("postgresql",), warns=True),
-    Case("merge", "shop_counter",
+         vendors=("postgresql",)),
+    Case("cte-delete-into-insert", "shop_counter",
+         "WITH d AS (DELETE FROM shop_counter WHERE value > %s RETURNING id, value) INSERT INTO shop_product "
+         "(sku, name, stock, data) SELECT 'c' || id, 'moved', value, '{}' FROM d", [15],
+         vendors=("postgresql",), also=("shop_product",)),
+    Case("cte-insert-given-keys-then-update", "shop_counter",
+         "WITH n AS (INSERT INTO shop_counter (id, value) VALUES (%s, %s) RETURNING id) "
+         "UPDATE shop_product SET stock = 0 WHERE id = (SELECT id - 60 FROM n)", [62, 5],
+         vendors=("postgresql",), also=("shop_product",)),
+    Case("cte-upsert-given-keys", "shop_counter",
+         "WITH n AS (INSERT INTO shop_counter (id, value) VALUES (1, 5), (9, 9) ON CONFLICT (id) "
+         "DO UPDATE SET value = excluded.value RETURNING id) SELECT count(*) FROM n", vendors=("postgresql",)),
+    Case("cte-two-writes", "shop_counter",
+         "WITH a AS (UPDATE shop_counter SET value = value + %s WHERE id < %s RETURNING id), "
+         "b AS (DELETE FROM shop_product WHERE stock = %s RETURNING id) "
+         "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b)", [1, 3, 3],
+         vendors=("postgresql",), also=("shop_product",)),
+    Case("cte-read-then-write-cte", "shop_counter",
+         "WITH p AS (SELECT id FROM shop_product WHERE stock >= %s), u AS (UPDATE shop_counter SET value = -1 "
+         "WHERE id IN (SELECT id FROM p) RETURNING *) SELECT id, value FROM u ORDER BY id", [2],
+         vendors=("postgresql",)),
+    Case("cte-percent-literal-no-params", "shop_product",
+         "WITH u AS (UPDATE shop_product SET stock = 0 WHERE name LIKE '5%' RETURNING id) SELECT id FROM u",
+         vendors=("postgresql",)),
+    Case("cte-update-from", "shop_counter",
+         "WITH u AS (UPDATE shop_counter c SET value = p.stock + %s FROM shop_product p WHERE p.id = c.id "
+         "AND p.stock > %s RETURNING c.id) SELECT count(*) FROM u", [100, 1], vendors=("postgresql",)),
+    Case("cte-delete-using", "shop_counter",
+         "WITH d AS (DELETE FROM shop_counter c USING shop_product p WHERE p.id = c.id AND p.name = %s "
+         "RETURNING c.id) SELECT count(*) FROM d", ["apple"], vendors=("postgresql",)),
+    Case("cte-named-params", "shop_counter",
+         "WITH u AS (UPDATE shop_counter SET value = %(v)s WHERE id = %(id)s RETURNING id) SELECT id FROM u",
+         {"v": 3, "id": 2}, vendors=("postgresql",)),
+    Case("cte-fails", "shop_counter",
+         "WITH u AS (UPDATE shop_counter SET value = value / (id - 2) RETURNING id) SELECT id FROM u",
+         vendors=("postgresql",)),
+    # MERGE (PostgreSQL 15+): every action, conditions, sources, parameters.
+    Case("merge-update", "shop_counter",
          "MERGE INTO shop_counter c USING shop_product p ON p.id = c.id WHEN MATCHED THEN UPDATE SET value = p.stock",
+         vendors=("postgresql",)),
+    Case("merge-delete-or-update", "shop_counter",
+         "MERGE INTO shop_counter c USING shop_product p ON p.id = c.id WHEN MATCHED AND p.stock > %s THEN DELETE "
+         "WHEN MATCHED THEN UPDATE SET value = c.value + %s", [2, 1], vendors=("postgresql",)),
+    Case("merge-insert-given-keys", "shop_counter",
+         "MERGE INTO shop_counter c USING (SELECT id + 10 AS id, stock FROM shop_product) p ON p.id = c.id "
+         "WHEN NOT MATCHED AND p.stock > 1 THEN INSERT (id, value) VALUES (p.id, p.stock)", vendors=("postgresql",)),
+    Case("merge-update-and-insert", "shop_counter",
+         "MERGE INTO shop_counter AS c USING (SELECT id, stock FROM shop_product WHERE stock >= %s UNION ALL "
+         "SELECT 7, 70) AS p ON c.id = p.id WHEN MATCHED THEN UPDATE SET value = p.stock * %s "
+         "WHEN NOT MATCHED THEN INSERT (value, id) VALUES (p.stock, p.id)", [2, 100], vendors=("postgresql",)),
+    Case("merge-do-nothing", "shop_counter",
+         "MERGE INTO shop_counter c USING shop_product p ON p.id = c.id WHEN MATCHED THEN DO NOTHING",
+         vendors=("postgresql",)),
+    Case("merge-some-rows", "shop_counter",
+         "MERGE INTO shop_counter c USING shop_product p ON p.id = c.id WHEN MATCHED AND c.id = 1 THEN "
+         "UPDATE SET value = CASE WHEN p.stock > 1 THEN 1 ELSE 2 END", vendors=("postgresql",)),
+    Case("merge-percent-literal-no-params", "shop_product",
+         "MERGE INTO shop_product t USING shop_counter s ON s.id = t.id WHEN MATCHED AND t.name LIKE '5%' "
+         "THEN UPDATE SET stock = 0", vendors=("postgresql",)),
+    Case("merge-named-params", "shop_counter",
+         "MERGE INTO shop_counter c USING shop_product p ON p.id = c.id AND p.stock < %(s)s "
+         "WHEN MATCHED THEN UPDATE SET value = %(v)s", {"s": 3, "v": 5}, vendors=("postgresql",)),
+    Case("merge-fails", "shop_counter",
+         "MERGE INTO shop_counter c USING shop_product p ON p.id = c.id WHEN MATCHED THEN UPDATE SET value = 1 / 0",
+         vendors=("postgresql",)),
+    # Beyond capture (a WARNING names the registered table written).
+    Case("cte-insert-generated-keys", "shop_counter",
+         "WITH n AS (INSERT INTO shop_counter (value) VALUES (5) RETURNING id) SELECT count(*) FROM n",
          vendors=("postgresql",), warns=True),
+    Case("cte-reads-a-writing-cte", "shop_counter",
+         "WITH d AS (DELETE FROM shop_product WHERE id = 1 RETURNING id), u AS (UPDATE shop_counter SET value = 0 "
+         "WHERE id IN (SELECT id FROM d)) SELECT 1", vendors=("postgresql",), warns=True),
+    Case("merge-insert-generated-keys", "shop_counter",
+         "MERGE INTO shop_counter c USING (SELECT 500 AS v) s ON false WHEN NOT MATCHED THEN INSERT (value) "
+         "VALUES (s.v)", vendors=("postgresql",), warns=True),
     Case("mysql-multi-table-update", "shop_counter",
          "UPDATE shop_counter c JOIN shop_product p ON p.id = c.id SET c.value = p.stock", vendors=("mysql",)),
     Case("mysql-multi-table-update-params", "shop_counter",
@@ -197,6 +269,15 @@ CASES = [
          [], vendors=("mysql",)),
     Case("mysql-multi-table-update-two-tables", "shop_counter",
          "UPDATE shop_counter c JOIN shop_product p ON p.id = c.id SET c.value = 1, p.stock = 9",
+         vendors=("mysql",), also=("shop_product",)),
+    Case("mysql-multi-table-update-two-tables-params", "shop_counter",
+         "UPDATE shop_counter AS c, shop_product p SET p.stock = p.stock + %s, c.value = %s, p.name = 'x%%' "
+         "WHERE p.id = c.id AND c.value >= %s", [5, 0, 20], vendors=("mysql",), also=("shop_product",)),
+    Case("mysql-multi-table-update-two-tables-no-params", "shop_counter",
+         "UPDATE shop_counter c JOIN shop_product p ON p.id = c.id AND p.name LIKE 'a%' SET c.value = 1, p.stock = 9",
+         vendors=("mysql",), also=("shop_product",)),
+    Case("mysql-multi-table-update-unqualified", "shop_counter",
+         "UPDATE shop_counter c JOIN shop_product p ON p.id = c.id SET value = 1, p.stock = 9",
          vendors=("mysql",), warns=True),
     Case("mysql-delete-using", "shop_counter",
          "DELETE FROM shop_counter USING shop_counter JOIN shop_product p ON p.id = shop_counter.id WHERE p.stock > 1",
@@ -318,6 +399,8 @@ def _observe(alias: str, case: Case, atomic: bool) -> dict[str, Any]:
             seen["error"] = f"{type(exc).__module__}.{type(exc).__name__}"
     seen["queries"] = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
     seen["table"] = _rows(case.table)
+    for other in case.also:
+        seen[other] = _rows(other)
     return seen
 
 
@@ -338,6 +421,7 @@ def test_statement_behaves_as_on_the_stock_engine(case: Case, atomic: bool, capl
         pytest.skip("MySQL has no RETURNING")
     _reset()
     before = _rows(case.table)
+    others = {t: _rows(t) for t in case.also}
     stock = _observe("stock", case, atomic)
     _reset()
     caplog.set_level(logging.WARNING, logger="dbevents")
@@ -351,6 +435,8 @@ def test_statement_behaves_as_on_the_stock_engine(case: Case, atomic: bool, capl
     assert warnings == []
     got = sorted(((e.name, e.pk) for e in events), key=repr)
     expected = _expected_events(case.table, before, ours["table"])
+    for other in case.also:
+        expected = sorted(expected + _expected_events(other, others[other], ours[other]), key=repr)
     if case.replaces and "error" not in ours:
         name = expected[0][0].split("__")[0] if expected else TABLES[case.table][0].split(".")[1].lower()
         expected = [e for e in expected if e[1] not in case.replaces]
@@ -358,8 +444,10 @@ def test_statement_behaves_as_on_the_stock_engine(case: Case, atomic: bool, capl
                      if (action == "created" and k in ours["table"]) or (action == "deleted" and k in before)]
         expected.sort(key=repr)
     assert got == expected
-    columns = TABLES[case.table][2] if case.table in TABLES else ("id",)
+    tables = {TABLES[t][0].split(".")[1].lower(): t for t in (case.table, *case.also) if t in TABLES}
     for event in events:
         if not event.name.endswith("__deleted"):
-            row = ours["table"][event.pk]
+            table = tables.get(event.name.split("__")[0], case.table)
+            columns = TABLES[table][2] if table in TABLES else ("id",)
+            row = ours["table" if table == case.table else table][event.pk]
             assert tuple(event.payload[c] for c in columns if c != "data") == row[:len(columns) - ("data" in columns)]

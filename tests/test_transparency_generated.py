@@ -1,6 +1,7 @@
 """Generated statements through the differential harness of tests/test_transparency.py: random
 INSERT/UPDATE/DELETE shapes (filters of every kind, literals with quotes, semicolons and %,
-comments, parameters or literals, autocommit or a transaction) must behave as on the stock
+comments, parameters or literals, autocommit or a transaction; on PostgreSQL also as a
+data-modifying CTE or a MERGE) must behave as on the stock
 engine, and their events must be the rows they changed."""
 
 from __future__ import annotations
@@ -54,19 +55,32 @@ def statement(draw: Any) -> Case:
     verb = draw(st.sampled_from(["update", "delete", "insert"]))
     where, params = draw(condition())
     clause = f" WHERE {where}" if where else ""
+    # PostgreSQL: the same write as a data-modifying CTE, or as a MERGE.
+    form = draw(st.sampled_from(["plain", "cte", "merge"])) if VENDOR == "postgresql" else "plain"
+    matched = f" AND ({where})" if where else ""
     if verb == "update":
         value = draw(st.sampled_from(["stock + 1", "%s", "0"]))
         set_params = [draw(st.integers(5, 9))] if value == "%s" else []
         name = draw(st.sampled_from(["", ", name = 'x;y'", ", name = %s"]))
         name_params = ["n%"] if name.endswith("%s") else []
-        sql = f"UPDATE shop_product SET stock = {value}{name.replace('%s', '%s')}{clause}"
-        params = set_params + name_params + params
+        assign = f"stock = {value}{name}"
+        if form == "merge":
+            sql = f"MERGE INTO shop_product USING (SELECT 1) AS s ON true WHEN MATCHED{matched} THEN UPDATE SET {assign}"
+            params = params + set_params + name_params
+        else:
+            sql = f"UPDATE shop_product SET {assign}{clause}"
+            params = set_params + name_params + params
     elif verb == "delete":
-        sql = f"DELETE FROM shop_product{clause}"
+        if form == "merge":
+            sql = f"MERGE INTO shop_product USING (SELECT 1) AS s ON true WHEN MATCHED{matched} THEN DELETE"
+        else:
+            sql = f"DELETE FROM shop_product{clause}"
     else:
         sku = draw(st.sampled_from(["a1", "z9"]))  # a1 exists: a unique-key violation
         sql = "INSERT INTO shop_product (sku, name, stock, data) VALUES (%s, %s, %s, '{}')"
         params = [sku, draw(st.sampled_from(NAMES)), draw(st.integers(0, 3))]
+    if form == "cte" and verb != "insert":
+        sql = f"WITH w AS ({sql} RETURNING id) SELECT count(*) FROM w"
     comment = draw(st.sampled_from(["", " -- done", " /* c */", ";"]))
     sql += comment
     if not params and "%%" in sql:
@@ -74,7 +88,7 @@ def statement(draw: Any) -> Case:
     return Case("generated", "shop_product", sql, params or None)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(case=statement(), atomic=st.booleans())
 def test_generated_statement_behaves_as_on_the_stock_engine(case: Case, atomic: bool) -> None:
     _reset()
