@@ -439,6 +439,8 @@ class ConnectionCapture:
         rows = list(param_list)
         lastrowid = getattr(raw, "lastrowid", _UNSET)
         stmt = analyse(sql, vendor)
+        if stmt is not None and info is not None and self._batch_returns(stmt, info, raw):
+            return self._executemany_returning(stmt, info, mutes, raw, rows, context)
         inserting = stmt is not None and stmt.kind == "insert"
         # psycopg runs a batch in one transaction; MySQLdb turns INSERT ... VALUES into one
         # multi-row statement. SQLite runs the parameter sets one by one.
@@ -470,6 +472,48 @@ class ConnectionCapture:
                                       shown=(sql, rows[-1] if rows else None))
         # What the driver's executemany() returns: MySQLdb the row count, sqlite3 the cursor.
         return {"mysql": total, "sqlite": raw}.get(vendor)
+
+    def _batch_returns(self, stmt: Statement, info: TableInfo, raw: Any) -> bool:
+        """Whether an ``executemany()`` can run as the driver's own batch with capture's
+        RETURNING columns: psycopg 3 returns the rows of each statement of a batch
+        (``returning=True``), when capture needs nothing read before the statement."""
+        return (self.connection.vendor == "postgresql" and stmt.returning is None and not stmt.prefix_end
+                and not (stmt.kind == "delete" and info.db_children)
+                and getattr(getattr(self.connection, "Database", None), "__name__", "") == "psycopg")
+
+    def _executemany_returning(self, stmt: Statement, info: TableInfo, mutes: tuple[runtime.Mute, ...], raw: Any,
+                               rows: list[Any], context: dict[str, Any]) -> Any:
+        """One driver batch (psycopg 3 sends it in a pipeline: one round trip, as the stock
+        engine's ``executemany()``), each statement with capture's RETURNING columns."""
+        columns, xmax = self._returning_columns(stmt, info)
+        action = {"insert": CREATED, "update": UPDATED, "delete": DELETED}[stmt.kind]
+        sql = f"{stmt.sql[:stmt.end]} RETURNING {', '.join(columns)}{stmt.sql[stmt.end:]}"
+        wrapper = context["cursor"]
+
+        def run() -> list[list[tuple[Any, Any, str]]]:
+            if self.incomplete:
+                keys = [self._statement_pks(stmt, info, one) for one in rows]
+                pks = None if any(k is None for k in keys) else set().union(*keys)  # type: ignore[arg-type]
+                self._settle_conflicts(info, action, pks, stmt.kind == "insert" and not stmt.upsert)
+            raw.executemany(sql, rows, returning=True)
+            results = []
+            with self.connection.wrap_database_errors:
+                while True:
+                    results.append(raw.fetchall() if raw.description is not None else [])
+                    if not raw.nextset():
+                        break
+            written = [self._returned(info, found, len(columns), action, xmax) for found in results]
+            for recorded in written:
+                self._record(info, self._next_statement(), _one_per_key(recorded) if stmt.upsert else recorded, mutes)
+            return written
+
+        if self._autocommit():
+            written = self._in_raw_transaction(run, context)
+        else:
+            written = run()
+        wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=sum(len(w) for w in written),
+                                      shown=(stmt.sql, rows[-1] if rows else None))
+        return None  # what psycopg's executemany() returns
 
     def _in_savepoint(self, run: Callable[[], Any]) -> Any:
         """Run ``run`` behind a savepoint of the driver's own: on failure its writes and events
@@ -864,8 +908,9 @@ class ConnectionCapture:
             return stmt.kind == "insert" or (stmt.kind == "delete" and not stmt.multi_table_delete)
         return False
 
-    def _run_returning(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any], params: Any,
-                       context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
+    def _returning_columns(self, stmt: Statement, info: TableInfo) -> tuple[list[str], bool]:
+        """What capture adds to a statement's RETURNING list: the table's columns, and on a
+        PostgreSQL upsert whether each row is new (``xmax = 0``)."""
         qn = self.connection.ops.quote_name
         # SQLite's RETURNING sees the target table only and refuses its alias: bare names.
         prefix = "" if self.connection.vendor == "sqlite" else f"{_unqualified(stmt.ref)}."
@@ -873,6 +918,28 @@ class ConnectionCapture:
         xmax = stmt.upsert and self.connection.vendor == "postgresql"
         if xmax:
             columns.append(f"({_unqualified(stmt.ref)}.xmax = 0)")
+        return columns, xmax
+
+    def _returned(self, info: TableInfo, rows: Iterable[Sequence[Any]], ours: int, action: str, xmax: bool,
+                  existing: Any = None) -> list[tuple[Any, tuple[Any, ...], str]]:
+        """The rows a statement returned through capture's columns (its last ``ours``), as
+        (key, converted values, action)."""
+        recorded = []
+        for row in rows:
+            value = tuple(row[-ours:])
+            act = action
+            if xmax:
+                act = CREATED if value[-1] else UPDATED
+                value = value[:-1]
+            converted = self._convert(info, value)
+            if existing is not None and act == CREATED and self._existed(info, converted, existing):
+                act = UPDATED
+            recorded.append((info.pk_of(converted), converted, act))
+        return recorded
+
+    def _run_returning(self, stmt: Statement, info: TableInfo, run: Callable[[str, Any], Any], params: Any,
+                       context: dict[str, Any], mutes: tuple[runtime.Mute, ...]) -> Any:
+        columns, xmax = self._returning_columns(stmt, info)
         action = {"insert": CREATED, "update": UPDATED, "delete": DELETED}[stmt.kind]
         existing = None
         if stmt.upsert and not xmax:
@@ -902,24 +969,15 @@ class ConnectionCapture:
             wrapper.cursor = ReplayCursor(wrapper, raw, [tuple(r[:-ours]) for r in rows], description[:-ours])
         else:
             wrapper.cursor = ReplayCursor(wrapper, raw, None, None)
-        recorded = []
-        for row in rows:
-            value = tuple(row[-ours:])
-            act = action
-            if xmax:
-                act = CREATED if value[-1] else UPDATED
-                value = value[:-1]
-            converted = self._convert(info, value)
-            if existing is not None and act == CREATED and self._existed(info, converted, existing):
-                act = UPDATED
-            recorded.append((info.pk_of(converted), converted, act))
+        recorded = self._returned(info, rows, ours, action, xmax, existing)
         if stmt.kind == "insert" and stmt.returning is None and self.connection.vendor == "mysql" and recorded:
             # RETURNING makes MySQLdb report neither the first new id nor upsert's 2-per-update
             # row count: give Django's cursor what the plain statement would have.
             created = [pk for pk, _, act in recorded if act == CREATED]
             wrapper.cursor = ReplayCursor(
                 wrapper, raw, None, None,
-                rowcount=len(created) + 2 * (len(recorded) - len(created)) if stmt.upsert else None,
+                rowcount=(len(created) + 2 * (len(recorded) - len(created)) if stmt.upsert
+                          else len(recorded) + len(replaced) if replaced else None),  # REPLACE: deleted + inserted
                 lastrowid=self._mysql_lastrowid(stmt, info, params, created),
             )
             result = wrapper.cursor.rowcount  # what MySQLdb's execute() returns
@@ -986,11 +1044,13 @@ class ConnectionCapture:
         primary key or a unique key with one of its rows. Read (and locked) before it runs;
         None, with a WARNING, when its values are not plain literals or parameters."""
         rows = values_rows(stmt, params)
+        if rows is None and stmt.select_start is not None and stmt.columns:
+            return self._replaced_by_query(stmt, info, params)
         if rows is None or not stmt.columns:
             self._settle_conflicts(info, DELETED, None, False)
-            logger.warning("dbevents: %s on %s (%r) without plain VALUES: the rows it replaces get no deleted "
-                           "event, its rows are reported as created", stmt.keyword.upper(),
-                           info.model._meta.label, self.connection.alias)
+            logger.warning("dbevents: %s on %s (table %s, %r) without a column list and plain VALUES or a SELECT: "
+                           "the rows it replaces get no deleted event, its rows are reported as created",
+                           stmt.keyword.upper(), info.model._meta.label, info.key, self.connection.alias)
             return None
         qn = self.connection.ops.quote_name
         conds, args = [], []
@@ -1009,13 +1069,46 @@ class ConnectionCapture:
             args += [v for k in keys for v in k]
         if not conds:
             return []
+        return self._replaced_where(info, "", conds, args)
+
+    def _replaced_where(self, info: TableInfo, with_list: str, conds: list[str], args: Any) -> list[tuple[Any, ...]]:
+        """Read (and lock) the rows of ``info`` that meet one of ``conds``: those a REPLACE deletes."""
+        qn = self.connection.ops.quote_name
         lock = " FOR UPDATE" if self.connection.features.has_select_for_update else ""
         table = qn(info.model._meta.db_table)
         fields = ", ".join(qn(_column(f)) for f in info.fields)
-        found = self._query(f"SELECT {fields} FROM {table} WHERE {' OR '.join(conds)}{lock}", args)
+        found = self._query(f"{with_list}SELECT {fields} FROM {table} WHERE {' OR '.join(conds)}{lock}", args)
         converted = [self._convert(info, r) for r in found]
         self._settle_conflicts(info, DELETED, {info.pk_of(r) for r in converted}, False)
         return converted
+
+    def _replaced_by_query(self, stmt: Statement, info: TableInfo, params: Any) -> list[tuple[Any, ...]]:
+        """``REPLACE INTO t (cols) SELECT ...``: the rows of ``t`` that share a primary or unique
+        key with a row of its query, which runs once more for that (as a CTE with the INSERT's
+        column names)."""
+        assert stmt.select_start is not None and stmt.columns is not None
+        qn = self.connection.ops.quote_name
+        stop = stmt.returning_at if stmt.returning_at is not None else stmt.end
+        names = [f"dbevents_c{i}" for i in range(len(stmt.columns))]
+        rows_cte = f"dbevents_rows ({', '.join(names)}) AS ({stmt.sql[stmt.select_start:stop]}) "
+        args = params_between(stmt, params, stmt.select_start, stop)
+        if stmt.with_end:  # after the statement's own read-only CTEs, which its query may use
+            with_list = f"{stmt.sql[:stmt.with_end]}, {rows_cte}"
+            if not isinstance(params, dict):
+                args = list(params_between(stmt, params, 0, stmt.with_end) or []) + list(args or [])
+        else:
+            with_list = f"WITH {rows_cte}"
+        conds = []
+        for unique in _unique_sets(info):
+            wanted = [_column(f).lower() for f in unique]
+            if not all(n in stmt.columns for n in wanted):
+                continue
+            cols = ", ".join(qn(_column(f)) for f in unique)
+            picked = ", ".join(names[stmt.columns.index(n)] for n in wanted)
+            conds.append(f"{cols if len(unique) == 1 else f'({cols})'} IN (SELECT {picked} FROM dbevents_rows)")
+        if not conds:
+            return []
+        return self._replaced_where(info, with_list, conds, args)
 
     def _mysql_lastrowid(self, stmt: Statement, info: TableInfo, params: Any, created: list[Any]) -> Any:
         """MySQL's insert id: the first generated key of a multi-row INSERT, or the last

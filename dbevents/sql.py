@@ -234,6 +234,7 @@ class Statement:
     prefix_end: int = 0            # after a leading WITH list: where the statement starts
     with_end: int = 0              # sql[:with_end]: the leading read-only CTEs, for capture's own SELECT
     join_list: tuple[int, int] | None = None  # PostgreSQL's UPDATE ... FROM / DELETE ... USING <join list>
+    select_start: int | None = None  # INSERT ... SELECT: where the query starts
 
     def count_params_before(self, offset: int) -> int:
         """How many placeholders stand before ``offset`` (SET params precede WHERE params)."""
@@ -729,7 +730,7 @@ def _analyse(sql: str, vendor: str) -> Statement | None:
     from_start = (head.end() if multi else head.start("table")) if kind == "delete" else None
     upsert = ignore = replace = False
     columns = None
-    values_start = None
+    values_start = select_start = None
     if kind == "insert":
         words = [i[0] for i in top]
         if "duplicate" in words:
@@ -747,11 +748,15 @@ def _analyse(sql: str, vendor: str) -> Statement | None:
         v = first("values")
         if v is not None:
             values_start = v[2]
+        else:
+            sel = first("select")  # INSERT ... SELECT: where its query starts
+            select_start = sel[1] if sel is not None else None
     return Statement(
         sql=sql, kind=kind, keyword=keyword, table=unquote(table), ref=ref,
         multi_table_delete=multi, source=source, from_start=from_start, set_start=set_start, where=where,
         where_end=where_end, returning=returning, returning_at=returning_at, upsert=upsert, ignore=ignore, replace=replace, columns=columns,
         values_start=values_start, end=end, placeholders=placeholders, join_list=join_list,
+        select_start=select_start,
     )
 
 

@@ -139,6 +139,15 @@ CASES = [
     Case("replace-on-unique-key", "shop_product",
          "REPLACE INTO shop_product (id, sku, name, stock, data) VALUES (%s, %s, %s, %s, %s)",
          [7, "a2", "new", 0, "{}"], vendors=("sqlite", "mysql"), replaces=(2, 7)),
+    Case("replace-select", "shop_counter",
+         "REPLACE INTO shop_counter (id, value) SELECT id, stock * 100 FROM shop_product WHERE stock >= %s", [2],
+         vendors=("sqlite", "mysql"), replaces=(2, 3)),
+    Case("insert-or-replace-select", "shop_counter",
+         "INSERT OR REPLACE INTO shop_counter (id, value) SELECT id + 1, stock FROM shop_product",
+         vendors=("sqlite",), replaces=(2, 3)),
+    Case("replace-select-on-unique-key", "shop_product",
+         "REPLACE INTO shop_product (id, sku, name, stock, data) SELECT id + 10, sku, 'copy', 0, '{}' "
+         "FROM shop_product WHERE name LIKE 'app%'", vendors=("sqlite", "mysql"), replaces=(1, 11)),
     # Statement types other than str.
     Case("bytes-statement", "shop_counter", b"UPDATE shop_counter SET value = 1 WHERE id = 1",
          vendors=("postgresql", "mysql")),  # Django's SQLite cursor takes str only
@@ -295,6 +304,15 @@ CASES = [
          [("z1", 1), ("a2", 3)], many=True, fetch=False),
     Case("executemany-delete", "shop_counter", "DELETE FROM shop_counter WHERE id = %s", [(1,), (3,)],
          many=True, fetch=False),
+    Case("executemany-fetch", "shop_counter", "UPDATE shop_counter SET value = %s WHERE id = %s",
+         [(5, 1), (6, 2)], many=True),
+    Case("executemany-upsert", "shop_counter",
+         "INSERT INTO shop_counter (id, value) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+         [(1, 5), (9, 9)], many=True, fetch=False, vendors=("sqlite", "postgresql")),
+    Case("executemany-named-params", "shop_counter", "UPDATE shop_counter SET value = %(v)s WHERE id = %(id)s",
+         [{"v": 1, "id": 1}, {"v": 2, "id": 3}], many=True, fetch=False, vendors=("postgresql", "mysql")),
+    Case("executemany-generated-keys", "shop_counter", "INSERT INTO shop_counter (value) VALUES (%s)",
+         [(1,), (2,), (3,)], many=True, fetch=False),
 ]
 
 
@@ -451,3 +469,26 @@ def test_statement_behaves_as_on_the_stock_engine(case: Case, atomic: bool, capl
             columns = TABLES[table][2] if table in TABLES else ("id",)
             row = ours["table" if table == case.table else table][event.pk]
             assert tuple(event.payload[c] for c in columns if c != "data") == row[:len(columns) - ("data" in columns)]
+
+
+@pytest.mark.skipif(VENDOR != "postgresql", reason="psycopg 3 batches: PostgreSQL only")
+def test_executemany_is_one_driver_batch_on_psycopg(monkeypatch: Any) -> None:
+    """A captured ``executemany()`` reaches psycopg as one ``executemany(..., returning=True)``
+    (one pipeline, as the stock engine's), not one ``execute()`` per parameter set."""
+    import psycopg
+
+    _reset()
+    calls: list[str] = []
+    for name in ("execute", "executemany"):
+        original = getattr(psycopg.ClientCursor, name)
+
+        def counted(self: Any, *args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.ClientCursor, name, counted)
+    with capture_events() as events, transaction.atomic(), connections["default"].cursor() as cursor:
+        cursor.executemany("INSERT INTO shop_counter (value) VALUES (%s)", [(v,) for v in range(50)])
+        assert cursor.rowcount == 50
+        assert calls == ["executemany"], calls  # at COMMIT come the outbox rows
+    assert sorted(e.payload["value"] for e in events) == list(range(50))
