@@ -488,6 +488,7 @@ def test_executemany_is_one_driver_batch_on_psycopg(monkeypatch: Any) -> None:
 
         monkeypatch.setattr(psycopg.ClientCursor, name, counted)
     with capture_events() as events, transaction.atomic(), connections["default"].cursor() as cursor:
+        del calls[:]  # a new connection's set-up statements
         cursor.executemany("INSERT INTO shop_counter (value) VALUES (%s)", [(v,) for v in range(50)])
         assert cursor.rowcount == 50
         assert calls == ["executemany"], calls  # at COMMIT come the outbox rows
