@@ -137,7 +137,7 @@ class capture_events:  # noqa: N801 -- reads as a context manager
         self._marks: dict[str, int] = {}
 
     def __enter__(self) -> CapturedEvents:
-        self._marks = {conn.alias: conn.dbevents.statement_no for conn in self._connections()}
+        self._marks = {conn.alias: conn.dbevents.pending.statement_no for conn in self._connections()}
         self._token = runtime.sinks.set(runtime.sinks.get() + (self.events,))
         self.events._collect = self._collect_pending
         return self.events
@@ -153,7 +153,7 @@ class capture_events:  # noqa: N801 -- reads as a context manager
     def _collect_pending(self) -> None:
         for conn in self._connections():
             capture = conn.dbevents
-            if capture.groups and not conn.get_autocommit():
+            if capture.pending.events and not conn.get_autocommit():
                 self.events.receive(capture.prepare(peek=True, after=self._marks.get(conn.alias, 0)))
 
     def __call__(self, func: Any) -> Any:

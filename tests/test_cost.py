@@ -7,7 +7,7 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from dbevents.capture import ConnectionCapture
+from dbevents.capture.rows import Rows
 from dbevents.testing import capture_events
 from tests.shop.models import Customer, Item, Order, Product
 
@@ -19,13 +19,13 @@ MARIADB = connection.vendor == "mysql"
 def own_queries(monkeypatch):
     """Counts the queries dbevents itself runs (on its bare driver cursors)."""
     calls = []
-    original = ConnectionCapture._query
+    original = Rows.query
 
     def counting(self, sql, params):
         calls.append(sql)
         return original(self, sql, params)
 
-    monkeypatch.setattr(ConnectionCapture, "_query", counting)
+    monkeypatch.setattr(Rows, "query", counting)
     return calls
 
 

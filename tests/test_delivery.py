@@ -13,6 +13,9 @@ from django.db import transaction
 from django.test import override_settings
 
 from dbevents import transport
+from dbevents.capture import commit
+from dbevents.capture.pending import PendingEvents
+from dbevents.capture.rows import Rows
 from dbevents.testing import capture_events
 from tests.shop.models import Customer
 
@@ -136,18 +139,17 @@ class BrokenSerializer(serializers.Serializer):
         raise RuntimeError("boom")
 
 
-def break_capture(monkeypatch, method):
+def break_capture(monkeypatch, where, name):
     """Make one step of capture raise, as a bug in it would."""
-    from dbevents.capture import ConnectionCapture
 
     def broken(*args, **kwargs):
         raise RuntimeError("capture bug")
 
-    monkeypatch.setattr(ConnectionCapture, method, broken)
+    monkeypatch.setattr(where, name, broken)
 
 
 def test_capture_failing_before_the_statement_never_fails_the_write(monkeypatch, caplog):
-    break_capture(monkeypatch, "_settle_conflicts")
+    break_capture(monkeypatch, PendingEvents, "settle")
     with capture_events() as events:
         c = Customer.objects.create(name="written anyway")
         assert Customer.objects.filter(pk=c.pk).update(name="updated anyway") == 1
@@ -157,7 +159,7 @@ def test_capture_failing_before_the_statement_never_fails_the_write(monkeypatch,
 
 
 def test_capture_failing_after_the_statement_returns_djangos_result(monkeypatch, caplog):
-    break_capture(monkeypatch, "_record")
+    break_capture(monkeypatch, PendingEvents, "record")
     with capture_events() as events:
         c = Customer.objects.create(name="written anyway")
         assert Customer.objects.filter(pk=c.pk).update(name="updated anyway") == 1
@@ -196,8 +198,8 @@ def test_exit_names_the_events_still_being_published(caplog):
 
 
 def test_failure_around_building_events_at_commit_never_fails_the_commit(monkeypatch, caplog):
-    break_capture(monkeypatch, "_execute_own")   # the SAVEPOINT on PostgreSQL
-    break_capture(monkeypatch, "prepare")        # building the events, elsewhere
+    break_capture(monkeypatch, Rows, "execute")   # the SAVEPOINT on PostgreSQL
+    break_capture(monkeypatch, commit, "prepare")  # building the events, elsewhere
     with capture_events() as events:
         with transaction.atomic():
             c = Customer.objects.create(name="committed")

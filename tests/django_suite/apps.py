@@ -65,9 +65,9 @@ def _build_events_at_testcase_teardown() -> None:
         for alias in atomics:
             conn = connections[alias]
             capture = getattr(conn, "dbevents", None)
-            if capture is None or not capture.groups or conn.needs_rollback:
+            if capture is None or not capture.pending.events or conn.needs_rollback:
                 continue
-            if conn.vendor == "postgresql" and capture._pg_transaction_failed():
+            if capture.vendor.commit_guard and capture.vendor.transaction_failed():
                 continue
             for event in capture.prepare(peek=True):
                 report.add("built", event.model)

@@ -1,4 +1,4 @@
-"""Serialization: turn a transaction's captured rows into :class:`~dbevents.events.Event` objects.
+"""Serialization: turn a transaction's pending events into :class:`~dbevents.events.Event` objects.
 
 Runs inside the transaction, just before COMMIT (or right after an autocommit statement). Rows
 are serialized in one ``Serializer(instances, many=True)`` call per model (the generated
@@ -19,7 +19,7 @@ from dbevents import runtime
 from dbevents.registry import unwrap_key
 
 if TYPE_CHECKING:
-    from dbevents.capture import Group
+    from dbevents.capture.pending import PendingEvent
     from dbevents.registry import ModelEntry
 
 logger = logging.getLogger("dbevents")
@@ -54,66 +54,65 @@ def new_ids(count: int) -> list[str]:
     return [digits[i:i + 32] for i in range(0, 32 * count, 32)]
 
 
-def build_events(groups: list[Group], alias: str) -> list[ev.Event]:
-    """Serialize ``groups`` (in statement order) into events with ids, ordinals and headers.
+def build_events(pending: list[PendingEvent], alias: str) -> list[ev.Event]:
+    """Serialize ``pending`` (in statement order) into events with ids, ordinals and headers.
 
     A serializer that raises loses the events of that model only; the error is logged with
     the model and keys.
     """
-    batches: dict[int, tuple[ModelEntry, list[Group]]] = {}
-    for group in groups:
-        entry = group.entry
-        if entry is None or group.instance is None:
+    batches: dict[int, tuple[ModelEntry, list[PendingEvent]]] = {}
+    for event in pending:
+        entry = event.entry
+        if entry is None or event.instance is None:
             continue
-        if group.mutes and runtime.is_muted(group.mutes, entry.model._meta.label, group.pk):
+        if event.mutes and runtime.is_muted(event.mutes, entry.model._meta.label, event.pk):
             continue
-        batches.setdefault(id(entry), (entry, []))[1].append(group)
+        batches.setdefault(id(entry), (entry, []))[1].append(event)
     payloads: dict[int, Any] = {}
     for entry, members in batches.values():
         try:
             represent = entry.representer()
             if represent is not None:
-                data = [represent(g.instance) for g in members]
+                data = [represent(e.instance) for e in members]
             else:
-                data = entry.serializer_class()([g.instance for g in members], many=True).data
+                data = entry.serializer_class()([e.instance for e in members], many=True).data
         except Exception:
             logger.exception(
                 "dbevents: serializer of %s failed on %r; the events of pks %s are lost",
-                entry.label, alias, [g.pk for g in members][:50],
+                entry.label, alias, [e.pk for e in members][:50],
             )
             continue
-        for group, item in zip(members, data, strict=True):
-            payloads[id(group)] = item
-    kept = [g for g in groups if id(g) in payloads]
+        for event, item in zip(members, data, strict=True):
+            payloads[id(event)] = item
+    kept = [e for e in pending if id(e) in payloads]
     transaction_id = uuid.uuid4().hex
     timestamp = datetime.now(UTC).isoformat()
     ids = new_ids(len(kept))
     services: dict[int, str] = {}
     out = []
-    for ordinal, group in enumerate(kept, start=1):
-        entry = group.entry
-        if entry is None:  # not reachable: kept groups all have a payload, hence an entry
-            continue
+    for ordinal, event in enumerate(kept, start=1):
+        entry = event.entry
+        assert entry is not None  # an event with a payload has its entry
         service = services.get(id(entry))
         if service is None:
             service = services[id(entry)] = entry.service()
         out.append(
             ev.Event(
-                name=event_name(entry, group.action, group.instance),
+                name=event_name(entry, event.action, event.instance),
                 service_name=service,
-                payload=payloads[id(group)],
+                payload=payloads[id(event)],
                 headers={
                     ev.HEADER_EVENT_ID: ids[ordinal - 1],
                     ev.HEADER_MODEL: entry.label,
-                    ev.HEADER_PK: header_pk(group.pk),
-                    ev.HEADER_ACTION: group.action,
+                    ev.HEADER_PK: header_pk(event.pk),
+                    ev.HEADER_ACTION: event.action,
                     ev.HEADER_ALIAS: alias,
                     ev.HEADER_TRANSACTION_ID: transaction_id,
                     ev.HEADER_ORDINAL: ordinal,
                     ev.HEADER_TRANSACTION_SIZE: len(kept),
                     ev.HEADER_TIMESTAMP: timestamp,
                 },
-                origin=(alias, *group.order),
+                origin=(alias, *event.order),
             )
         )
     return out

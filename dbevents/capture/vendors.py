@@ -1,0 +1,154 @@
+"""What capture asks of a database, answered once per vendor (as Django's ``features_class`` and
+``ops_class`` answer it for the ORM): no other capture module asks ``connection.vendor``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbevents.sql import Statement
+
+
+class Vendor:
+    """The answers every database shares; a subclass per vendor overrides what differs."""
+
+    name = ""                      # Django's ``connection.vendor``: the SQL dialect for dbevents.sql
+    gated = False                  # statements coordinate with the publisher thread (dbevents.sqlite_gate)
+    upsert_xmax = False            # an upsert's RETURNING tells new rows by ``xmax = 0``
+    own_schema_query: str | None = None  # what unqualified table names resolve to
+    commit_guard = False           # a failed query aborts the transaction: prepare COMMIT behind a savepoint
+    locks_in_own_transaction = False  # autocommit UPDATE/DELETE without RETURNING: lock in a transaction
+    rebuilds_insert_result = False    # RETURNING hides the driver's insert id and upsert row count
+    collects_lastrowid = False     # executemany() must rebuild the batch's lastrowid
+    # The driver refuses to COMMIT while a statement still has rows to hand out (a RETURNING
+    # that capture did not consume, because it ran the statement uncaptured): read them first.
+    reads_rows_before_commit = False
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def uses_returning(self, stmt: Statement, keys_given: bool) -> bool:
+        """Whether capture appends RETURNING to this statement (else: lock and read)."""
+        return bool(self.connection.features.can_return_columns_from_insert)
+
+    def returning_ref(self, ref: str) -> str:
+        """How capture's RETURNING columns name the target (``ref`` unqualified)."""
+        return f"{ref}."
+
+    def executemany_atomic(self, inserting: bool) -> bool:
+        """Whether the driver's own ``executemany()`` is all-or-nothing."""
+        return False
+
+    def executemany_result(self, total: int, raw: Any) -> Any:
+        """What the driver's ``executemany()`` returns."""
+        return None
+
+    def batch_returns(self) -> bool:
+        """Whether the driver returns the rows of each statement of an ``executemany()``."""
+        return False
+
+    def begin(self, raw: Any) -> None:
+        """Start a transaction of the driver's own on an autocommit connection."""
+        raw.autocommit = False
+
+    def end(self, raw: Any) -> None:
+        """Back to autocommit after :meth:`begin` (committed or rolled back)."""
+        raw.autocommit = True
+
+    def transaction_failed(self) -> bool:
+        """Whether the current transaction is aborted (only asked where :attr:`commit_guard`)."""
+        return False
+
+    def rowcount_while_unread(self) -> int | None:
+        """A statement's rowcount while its RETURNING rows are not all read (None: the driver's)."""
+        return None
+
+    def no_result(self, raw: Any, empty: Any) -> Any:
+        """The driver's answer to ``fetch*()`` after a statement without a result set."""
+        return empty
+
+
+class PostgreSQL(Vendor):
+    name = "postgresql"
+    upsert_xmax = True
+    own_schema_query = "SELECT current_schema()"
+    commit_guard = True
+
+    def executemany_atomic(self, inserting: bool) -> bool:
+        return True  # psycopg runs a batch in one transaction
+
+    def batch_returns(self) -> bool:
+        return getattr(getattr(self.connection, "Database", None), "__name__", "") == "psycopg"
+
+    def transaction_failed(self) -> bool:
+        raw = self.connection.connection
+        info = getattr(raw, "info", None)  # psycopg 3; psycopg2 has get_transaction_status()
+        status = info.transaction_status if info is not None else raw.get_transaction_status()
+        return int(status) == 3  # libpq's PQTRANS_INERROR
+
+    def no_result(self, raw: Any, empty: Any) -> Any:
+        import psycopg
+
+        status = raw.pgresult.command_status.decode() if raw.pgresult is not None else ""
+        raise psycopg.ProgrammingError(f"the last operation didn't produce records (command status: {status})")
+
+
+class SQLite(Vendor):
+    name = "sqlite"
+    gated = True
+    reads_rows_before_commit = True
+
+    def returning_ref(self, ref: str) -> str:
+        return ""  # SQLite's RETURNING sees the target table only and refuses its alias: bare names
+
+    def executemany_result(self, total: int, raw: Any) -> Any:
+        return raw
+
+    def begin(self, raw: Any) -> None:
+        raw.execute(f"BEGIN {getattr(self.connection, 'transaction_mode', None) or ''}".rstrip())
+
+    def end(self, raw: Any) -> None:
+        pass  # sqlite3 leaves a transaction of its own at COMMIT or ROLLBACK
+
+    def rowcount_while_unread(self) -> int | None:
+        return 0  # sqlite3 counts the rows of a statement with RETURNING once all were read
+
+
+class MySQL(Vendor):
+    """MySQL and MariaDB."""
+
+    name = "mysql"
+    own_schema_query = "SELECT DATABASE()"
+    locks_in_own_transaction = True
+    rebuilds_insert_result = True
+    collects_lastrowid = True
+
+    def uses_returning(self, stmt: Statement, keys_given: bool) -> bool:
+        # MariaDB 10.5+ has RETURNING on INSERT and single-table DELETE; MySQL has none. Asked
+        # per statement: the server is known once the connection is open.
+        if not getattr(self.connection, "mysql_is_mariadb", False) or not super().uses_returning(stmt, keys_given):
+            return False
+        if stmt.kind == "insert" and (stmt.upsert or stmt.replace):
+            # Its row count and insert id (2 per updated row, 1 per unchanged one ...) cannot be
+            # rebuilt from RETURNING rows: run it as written when its own values name its keys.
+            return not keys_given
+        return stmt.kind == "insert" or (stmt.kind == "delete" and not stmt.multi_table_delete)
+
+    def executemany_atomic(self, inserting: bool) -> bool:
+        return inserting  # MySQLdb turns INSERT ... VALUES into one multi-row statement
+
+    def executemany_result(self, total: int, raw: Any) -> Any:
+        return total
+
+    def begin(self, raw: Any) -> None:
+        raw.autocommit(False)
+
+    def end(self, raw: Any) -> None:
+        raw.autocommit(True)
+
+    def no_result(self, raw: Any, empty: Any) -> Any:
+        return () if empty == [] else empty
+
+
+def vendor_for(connection: Any) -> Vendor:
+    """The :class:`Vendor` of a ``DatabaseWrapper``."""
+    return {"postgresql": PostgreSQL, "sqlite": SQLite, "mysql": MySQL}.get(connection.vendor, Vendor)(connection)
