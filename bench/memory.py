@@ -34,9 +34,9 @@ def main() -> None:
 
     def wait() -> None:
         if alias != "default":
-            from dbevents import transport
+            from dbevents import publisher
 
-            transport.wait(600)
+            publisher.wait(600)
 
     # Warm-up: imports (DRF, nameko, kombu), the broker connection, the serializer class.
     Child.objects.using(alias).filter(pk=first).update(value=F("value"))

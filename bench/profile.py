@@ -1,6 +1,6 @@
 """Where the time goes on the dbevents side: ``python -m bench.profile [workload ...]`` runs each
 workload once untimed, then once through the dbevents alias under yappi (wall clock, every
-thread: the request thread and the publisher), from the statement until ``transport.wait()``
+thread: the request thread and the publisher), from the statement until ``publisher.wait()``
 returns. Reports go to ``bench/profiles/<db>-<workload>.txt``; ``BENCH_DB`` picks the database,
 ``BENCH_QUICK`` and ``BENCH_DELIVERY`` work as for ``bench/run.py``. ``make bench-profile``
 installs yappi (into the development virtualenv only: it is no dependency of the package).
@@ -50,7 +50,7 @@ def main() -> None:
             yappi.stop()
             buf = io.StringIO()
             buf.write(f"# {w.title} on {suite.db} through dbevents\n")
-            buf.write(f"# statement(s): {t1 - t0:.3f} s; until transport.wait() returned: {t2 - t0:.3f} s\n\n")
+            buf.write(f"# statement(s): {t1 - t0:.3f} s; until publisher.wait() returned: {t2 - t0:.3f} s\n\n")
             for thread in yappi.get_thread_stats():
                 stats = yappi.get_func_stats(ctx_id=thread.id)
                 if not stats:

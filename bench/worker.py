@@ -119,13 +119,13 @@ def build() -> Suite:
     if lib == "dbevents":
         migrate_dbevents("events")
         forget_outbox(connections["default"], "dbevents_bench%")  # what earlier runs left
-        from dbevents import transport
+        from dbevents import publisher
 
         suite.variants = [
             Variant("stock", "default", nullcontext, emits=False),
             Variant("dbevents", "events", nullcontext, emits=True),
         ]
-        suite.settle = lambda timeout: transport.wait(timeout)
+        suite.settle = lambda timeout: publisher.wait(timeout)
     else:
         from django_events_sourcing.testing import disable_dispatcher
 

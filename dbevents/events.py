@@ -1,9 +1,17 @@
-"""The event a consumer receives: name, payload, and the metadata carried in AMQP headers."""
+"""The records that travel from a COMMIT to the broker: :class:`Event` (what a consumer
+receives: name, payload, and the metadata carried in AMQP headers), :class:`Message` (an event
+encoded for the wire, as nameko's dispatcher encodes it) and :class:`Committed` (a committed
+transaction's events, on their way to the publisher)."""
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from dbevents import conf
 
 #: AMQP header names. nameko handlers ignore headers that do not start with ``nameko.``.
 HEADER_EVENT_ID = "dbevents.event_id"
@@ -69,3 +77,93 @@ class Event:
 def describe_events(events: list[Event]) -> str:
     """Every event of ``events`` described, comma-separated: log lines name each one."""
     return ", ".join(e.describe() for e in events)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One event as it goes on the wire: serialized body and AMQP properties.
+
+    ``outbox_id`` and ``alias`` say which outbox row (in which database) holds it, when the
+    event went through the outbox.
+    """
+
+    service_name: str
+    routing_key: str
+    body: bytes
+    content_type: str
+    content_encoding: str
+    headers: dict[str, Any]
+    outbox_id: int | None = None
+    alias: str | None = None
+
+    @property
+    def event_id(self) -> str:
+        return str(self.headers.get(HEADER_EVENT_ID, "?"))
+
+    def describe(self) -> str:
+        """``"<event id> (<event name> <model> pk=<pk>)"``, for log lines."""
+        h = self.headers
+        return f"{self.event_id} ({self.routing_key} {h.get(HEADER_MODEL, '?')} pk={h.get(HEADER_PK, '?')})"
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed transaction's events, as capture hands them to the publisher. ``messages``
+    are their outbox rows (encoded in the transaction, same order) when they went through the
+    outbox; otherwise the publisher thread encodes them (direct delivery)."""
+
+    events: list[Event]
+    alias: str | None = None
+    messages: list[Message] | None = None
+
+    def __len__(self) -> int:
+        return len(self.messages) if self.messages is not None else len(self.events)
+
+    def describe(self) -> str:
+        if self.messages is not None:
+            return ", ".join(m.describe() for m in self.messages)
+        return describe_events(self.events)
+
+
+@functools.cache
+def _codec() -> tuple[str, str, Any]:
+    """(content type, content encoding, encoder) of nameko's configured serializer, looked up
+    once instead of per message."""
+    from kombu.serialization import dumps, registry
+    from nameko import serialization
+
+    name, _accept = serialization.setup(conf.nameko_config())  # also registers custom serializers
+    codec = getattr(registry, "_encoders", {}).get(name)
+    if codec is not None:
+        return codec.content_type, codec.content_encoding, codec.encoder
+    content_type, content_encoding, _ = dumps(None, serializer=name)
+    return content_type, content_encoding, lambda data: dumps(data, serializer=name)[2]
+
+
+def encode(events: Sequence[Event], *, alias: str | None = None) -> list[Message]:
+    """Serialize ``events`` the way nameko's dispatcher would (``NAMEKO_CONFIG["SERIALIZER"]``,
+    default JSON). Raises when a payload cannot be serialized."""
+    content_type, content_encoding, encoder = _codec()
+    out = []
+    for event in events:
+        body = encoder(event.payload)
+        out.append(Message(
+            service_name=event.service_name,
+            routing_key=event.name,
+            body=body.encode(content_encoding) if isinstance(body, str) else body,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            headers=dict(event.headers),
+            alias=alias,
+        ))
+    return out
+
+
+def headers_json(headers: dict[str, Any]) -> str:
+    """Headers as stored in the outbox."""
+    return json.dumps(headers, separators=(",", ":"), default=str)
+
+
+@conf.on_reload
+def _reload() -> None:
+    _codec.cache_clear()

@@ -30,8 +30,7 @@ from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
 from dbevents import conf, sqlite_gate
-from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID
-from dbevents.transport import Message, headers_json
+from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID, Message, headers_json
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from django.db import connections, router
 
 from dbevents import outbox
-from dbevents.transport import PublishResult, Sender, record
+from dbevents.publisher import record
+from dbevents.transport import PublishResult, Sender
 
 logger = logging.getLogger("dbevents")
 

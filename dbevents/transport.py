@@ -1,65 +1,29 @@
-"""Transport: puts committed events on the broker without making the committing request wait.
-
-:func:`publish` is called after COMMIT. It gives the events to any active testing sink and
-queues them for the process's publisher thread (:class:`Dispatcher`), which sends everything
-queued as pipelined batches through a :class:`Transport` -- nameko's wire format over one
-long-lived AMQP connection with publisher confirms by default -- retries what was not confirmed
-with back-off, and then either logs the ids of the events it lost (``direct`` delivery) or leaves
-them in the outbox for ``dbevents_relay`` (``outbox`` delivery). A broker that is down or slow
-therefore never fails or blocks a request.
+"""The transport seam: what puts a batch of encoded messages on the broker (:class:`Transport`,
+:class:`PublishResult`), the default :class:`NamekoTransport` -- nameko's wire format over one
+long-lived AMQP connection with publisher confirms -- with its AMQP framing, and the
+:class:`Sender` the publisher thread and the relay publish through.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import json
+import importlib
 import logging
-import os
 import struct
-import threading
 import time
-from collections import deque
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django.utils.module_loading import import_string
 
-from dbevents import conf, runtime
-from dbevents.events import HEADER_EVENT_ID, HEADER_MODEL, HEADER_PK, Event, describe_events
+from dbevents import conf
+from dbevents.events import HEADER_EVENT_ID, Message, encode, headers_json
 
 if TYPE_CHECKING:
     from kombu import Connection
 
 logger = logging.getLogger("dbevents")
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One event as it goes on the wire: serialized body and AMQP properties.
-
-    ``outbox_id`` and ``alias`` say which outbox row (in which database) holds it, when the
-    event went through the outbox.
-    """
-
-    service_name: str
-    routing_key: str
-    body: bytes
-    content_type: str
-    content_encoding: str
-    headers: dict[str, Any]
-    outbox_id: int | None = None
-    alias: str | None = None
-
-    @property
-    def event_id(self) -> str:
-        return str(self.headers.get(HEADER_EVENT_ID, "?"))
-
-    def describe(self) -> str:
-        """``"<event id> (<event name> <model> pk=<pk>)"``, for log lines."""
-        h = self.headers
-        return f"{self.event_id} ({self.routing_key} {h.get(HEADER_MODEL, '?')} pk={h.get(HEADER_PK, '?')})"
 
 
 @dataclass
@@ -80,45 +44,6 @@ class Transport(Protocol):
     def publish(self, messages: Sequence[Message]) -> PublishResult: ...
 
     def close(self) -> None: ...
-
-
-@functools.cache
-def _codec() -> tuple[str, str, Any]:
-    """(content type, content encoding, encoder) of nameko's configured serializer, looked up
-    once instead of per message."""
-    from kombu.serialization import dumps, registry
-    from nameko import serialization
-
-    name, _accept = serialization.setup(conf.nameko_config())  # also registers custom serializers
-    codec = getattr(registry, "_encoders", {}).get(name)
-    if codec is not None:
-        return codec.content_type, codec.content_encoding, codec.encoder
-    content_type, content_encoding, _ = dumps(None, serializer=name)
-    return content_type, content_encoding, lambda data: dumps(data, serializer=name)[2]
-
-
-def encode(events: Sequence[Event], *, alias: str | None = None) -> list[Message]:
-    """Serialize ``events`` the way nameko's dispatcher would (``NAMEKO_CONFIG["SERIALIZER"]``,
-    default JSON). Raises when a payload cannot be serialized."""
-    content_type, content_encoding, encoder = _codec()
-    out = []
-    for event in events:
-        body = encoder(event.payload)
-        out.append(Message(
-            service_name=event.service_name,
-            routing_key=event.name,
-            body=body.encode(content_encoding) if isinstance(body, str) else body,
-            content_type=content_type,
-            content_encoding=content_encoding,
-            headers=dict(event.headers),
-            alias=alias,
-        ))
-    return out
-
-
-def headers_json(headers: dict[str, Any]) -> str:
-    """Headers as stored in the outbox."""
-    return json.dumps(headers, separators=(",", ":"), default=str)
 
 
 class NamekoTransport:
@@ -422,310 +347,16 @@ class Sender:
             transport.close()
 
 
-def record(done: Sequence[Message], returned: Sequence[tuple[Message, str]]) -> None:
-    """After a publish: log what the broker returned, and mark the outbox rows of confirmed and
-    returned messages as sent."""
-    if returned:
-        log_returned(returned)
-    if any(m.outbox_id is not None for m in done) or any(m.outbox_id is not None for m, _ in returned):
-        from dbevents import outbox
-
-        outbox.mark_published(done, returned)
+# Moved to dbevents.publisher (and dbevents.events); the old names work for one release.
+_MOVED = {"wait": "dbevents.publisher", "publishing": "dbevents.publisher"}
+__all__ = ["Message", "NamekoTransport", "PublishResult", "Sender", "Transport", "encode", "encode_publish",
+           "headers_json"]
 
 
-# ---------------------------------------------------------------------- the publisher thread
-
-
-@dataclass
-class Batch:
-    """A committed transaction's events. ``messages`` is filled in when the events went through
-    the outbox (serialized in the transaction); otherwise the publisher thread encodes them."""
-
-    events: list[Event]
-    alias: str | None
-    messages: list[Message] | None = None
-
-    def __len__(self) -> int:
-        return len(self.messages) if self.messages is not None else len(self.events)
-
-    def describe(self) -> str:
-        if self.messages is not None:
-            return ", ".join(m.describe() for m in self.messages)
-        return describe_events(self.events)
-
-
-class Dispatcher:
-    """The process's queue of committed batches and the one thread that publishes them.
-
-    The thread takes everything queued (up to ``DBEVENTS_PUBLISH_BATCH_SIZE`` messages), publishes
-    it in order as one pipelined batch, and retries what was not confirmed. Only this thread
-    touches the transport, so its broker connection needs no locking; after ``fork()`` the child
-    starts a dispatcher of its own.
-    """
-
-    #: Seconds of idleness after which the thread closes its database connections.
-    idle_release = 2.0
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._queue: deque[Batch] = deque()
-        self._queued = 0
-        self._busy = False
-        self._thread: threading.Thread | None = None
-        self._sender = Sender()
-        self._stale = False
-        self._current: list[Batch] = []   # the batches being published
-        self._release = False
-        self._stopping = False
-
-    def submit(self, events: list[Event], *, alias: str | None = None,
-               messages: list[Message] | None = None) -> None:
-        """Queue a committed transaction's events; returns at once."""
-        batch = Batch(events, alias, messages)
-        with self._cond:
-            limit = conf.get("DBEVENTS_QUEUE_SIZE")
-            if self._queued + len(batch) > limit:
-                self._give_up(batch.messages, batch.events, f"the publish queue is full ({self._queued} events, "
-                              f"DBEVENTS_QUEUE_SIZE={limit})")
-                return
-            self._queue.append(batch)
-            self._queued += len(batch)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="dbevents-publisher", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every queued event was published or given up on; False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._queue or self._busy:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-        return True
-
-    def release_connections(self, timeout: float = 10.0) -> None:
-        """Have the publisher thread close its database connections now (they would close after
-        :attr:`idle_release` seconds of idleness anyway). For test teardown and shutdown."""
-        with self._cond:
-            if self._thread is None or not self._thread.is_alive():
-                return
-            self._release = True
-            self._cond.notify_all()
-            deadline = time.monotonic() + timeout
-            while self._release and time.monotonic() < deadline:
-                self._cond.wait(0.05)
-
-    def reset_transport(self) -> None:
-        """Build the transport anew, from the current settings, before the next batch. Safe to
-        call from any thread: only the publisher thread touches the transport."""
-        self._stale = True
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue:
-                    if self._release:
-                        _close_db_connections()
-                        self._release = False
-                        self._cond.notify_all()
-                    elif not _holds_db_connections():
-                        self._cond.wait()
-                    elif not self._cond.wait(self.idle_release) and not self._queue:
-                        # Idle: a database connection held by this thread (marking outbox rows)
-                        # would outlive the request cycle that closes the others (and block
-                        # dropping a test database).
-                        _close_db_connections()
-                taken: list[Batch] = []
-                size = 0
-                limit = max(1, int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE")))
-                while self._queue and (not taken or size + len(self._queue[0]) <= limit):
-                    taken.append(self._queue.popleft())
-                    size += len(taken[-1])
-                self._current = taken
-                self._busy = True
-            try:
-                self._deliver(taken)
-            except Exception:  # never let the thread die: later batches still need it
-                logger.exception("dbevents: the publisher failed on %d event(s): %s", size,
-                                 "; ".join(b.describe() for b in taken))
-            finally:
-                with self._cond:
-                    self._queued -= size
-                    self._current = []
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _deliver(self, batches: list[Batch]) -> None:
-        """Publish ``batches``: retry what is not confirmed, then give it up (direct) or leave it
-        to the relay (outbox); mark what went out."""
-        messages: list[Message] = []
-        for batch in batches:
-            if batch.messages is not None:
-                messages.extend(batch.messages)
-                continue
-            try:
-                messages.extend(encode(batch.events, alias=batch.alias))
-            except Exception:
-                logger.exception("dbevents: the events of a transaction cannot be serialized for the broker; "
-                                 "events lost: %s", describe_events(batch.events))
-        pending = messages
-        attempts = max(1, int(conf.get("DBEVENTS_PUBLISH_RETRIES")))
-        delay = float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY"))
-        done: list[Message] = []
-        returned: list[tuple[Message, str]] = []
-        for attempt in range(1, attempts + 1):
-            result = self._publish(pending)
-            done.extend(result.confirmed)
-            returned.extend(result.returned)
-            pending = result.failed
-            if not pending:
-                break
-            exc = result.error
-            why = f"{type(exc).__name__}: {exc}" if exc is not None else "not confirmed"
-            if attempt == attempts or self._stopping:
-                self._give_up(pending, [], f"publishing failed after {attempt} attempt(s) ({why})", exc)
-                self._hand_to_relay(pending, why)
-                break
-            logger.warning(
-                "dbevents: %d of %d event(s) not confirmed by the broker (attempt %d of %d, %s); retrying in %.1fs",
-                len(pending), len(messages), attempt, attempts, why, delay,
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, float(conf.get("DBEVENTS_PUBLISH_RETRY_MAX_DELAY")))
-        if done:
-            logger.debug("dbevents: published %d event(s)", len(done))
-        record(done, returned)
-
-    def _hand_to_relay(self, messages: list[Message], why: str) -> None:
-        """End this process's lease on outbox rows it could not publish, so that a relay takes
-        them at their next back-off instead of after DBEVENTS_OUTBOX_LEASE."""
-        in_outbox = [m for m in messages if m.outbox_id is not None]
-        if not in_outbox:
-            return
-        from dbevents import outbox
-
-        try:
-            outbox.release(in_outbox, why)
-        except Exception:
-            logger.exception("dbevents: could not hand %d outbox row(s) to the relay; it takes them when "
-                             "their lease (DBEVENTS_OUTBOX_LEASE) ends", len(in_outbox))
-
-    def _give_up(self, messages: list[Message] | None, events: list[Event], why: str,
-                 exc: BaseException | None = None) -> None:
-        in_outbox = [m for m in messages or () if m.outbox_id is not None]
-        lost = [m.describe() for m in messages or () if m.outbox_id is None] + [e.describe() for e in events]
-        if in_outbox:
-            # Not lost: the rows say which; the log names the first ones.
-            more = f" ... and {len(in_outbox) - 50} more" if len(in_outbox) > 50 else ""
-            logger.warning("dbevents: %s; %d event(s) stay in the outbox for dbevents_relay: %s%s",
-                           why, len(in_outbox), ", ".join(m.describe() for m in in_outbox[:50]), more)
-        if lost:
-            logger.error("dbevents: %s; events lost: %s", why, ", ".join(lost),
-                         exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
-
-    def _publish(self, messages: list[Message]) -> PublishResult:
-        if self._stale:
-            self._stale = False
-            self._sender.reset()
-        return self._sender.publish(messages)
-
-    def shutdown(self) -> None:
-        """At interpreter exit: give queued events DBEVENTS_SHUTDOWN_TIMEOUT to go out, then
-        log the ids of those that did not."""
-        if not self.wait(conf.get("DBEVENTS_SHUTDOWN_TIMEOUT")):
-            self._stopping = True
-            with self._cond:
-                left = list(self._current) + list(self._queue)
-            count = sum(len(b) for b in left)
-            for batch in left:
-                self._give_up(batch.messages, batch.events if batch.messages is None else [],
-                              f"exiting with {count} unpublished event(s)")
-        self.release_connections(2.0)
-
-
-def log_returned(returned: Sequence[tuple[Message, str]]) -> None:
-    """One ERROR per reason: the broker returned these messages as unroutable."""
-    by_reason: dict[str, list[str]] = {}
-    for message, reason in returned:
-        by_reason.setdefault(reason, []).append(message.describe())
-    for reason, ids in by_reason.items():
-        logger.error("dbevents: the broker returned %d event(s) as unroutable (%s); nobody received: %s "
-                     "(bind a queue first, or set DBEVENTS_PUBLISH_MANDATORY = False)", len(ids), reason,
-                     ", ".join(ids))
-
-
-def _holds_db_connections() -> bool:
-    """Whether this thread has a database connection open (it marked outbox rows)."""
-    from django.db import connections
-
-    return any(conn.connection is not None for conn in connections.all(initialized_only=True))
-
-
-def _close_db_connections() -> None:
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        conn.close()
-
-
-_dispatcher: Dispatcher | None = None
-_dispatcher_lock = threading.Lock()
-
-
-def dispatcher() -> Dispatcher:
-    """The process's dispatcher (created on first use, and anew in a forked child)."""
-    global _dispatcher
-    if _dispatcher is None:
-        with _dispatcher_lock:
-            if _dispatcher is None:
-                _dispatcher = Dispatcher()
-    return _dispatcher
-
-
-def publish(events: list[Event], *, alias: str | None = None, messages: list[Message] | None = None) -> None:
-    """Hand a committed transaction's events to the active sinks and/or the broker.
-
-    ``messages`` are the events as written to the outbox (same order), when they were.
-    """
-    if not events:
-        return
-    for sink in runtime.sinks.get():
-        sink.receive(events)
-    if publishing():
-        dispatcher().submit(events, alias=alias, messages=messages)
-
-
-def publishing() -> bool:
-    """Whether committed events go to the broker here (not when a testing sink keeps them)."""
-    return all(sink.publish for sink in runtime.sinks.get())
-
-
-def wait(timeout: float | None = None) -> bool:
-    """Wait until the events committed so far were published (or logged as lost / left to the
-    relay). Useful in scripts, tests and management commands; returns False on timeout."""
-    return dispatcher().wait(timeout)
-
-
-@conf.on_reload
-def _reload() -> None:
-    _codec.cache_clear()
-    if _dispatcher is not None:
-        _dispatcher.reset_transport()
-
-
-def _after_fork() -> None:
-    global _dispatcher
-    # The parent's thread and broker connection do not exist in the child.
-    _dispatcher = None
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-@atexit.register
-def _at_exit() -> None:
-    if _dispatcher is not None:
-        _dispatcher.shutdown()
+def __getattr__(name: str) -> Any:
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"dbevents.transport.{name} moved to {home}.{name}", DeprecationWarning, stacklevel=2)
+    # Looked up by name, not imported: the publisher imports this module, not the other way round.
+    return getattr(importlib.import_module(home), name)

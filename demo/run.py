@@ -92,9 +92,9 @@ class Steps:
         print(f"\n{self.number}. {text}")
 
     def expect(self, expected: list[str]) -> None:
-        from dbevents import transport
+        from dbevents import publisher
 
-        if not transport.wait(10):
+        if not publisher.wait(10):
             print("  !! the publisher did not finish within 10 s")
         names = self.consumer.drain(len(expected))
         self.received += len(names)

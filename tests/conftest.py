@@ -55,10 +55,10 @@ def _publisher_lets_go_of_the_test_database(django_db_setup: Any, django_db_bloc
     """The publisher thread marks outbox rows on connections of its own; they must be closed
     before the test database is dropped."""
     yield
-    from dbevents import transport
+    from dbevents import publisher
 
-    transport.wait(30)
-    transport.dispatcher().release_connections()
+    publisher.wait(30)
+    publisher.current().release_connections()
 
 
 @pytest.fixture(autouse=True)
@@ -66,9 +66,9 @@ def _publisher_done_after_each_test() -> Any:
     """Events a test committed are published (or given up on) before the next test changes the
     settings: no test sees another's events."""
     yield
-    from dbevents import transport
+    from dbevents import publisher
 
-    transport.wait(30)
+    publisher.wait(30)
 
 
 @pytest.fixture
@@ -103,9 +103,9 @@ class Consumer:
 
     def drain(self) -> list[Any]:
         """Everything published so far (waits for the publisher thread to finish first)."""
-        from dbevents import transport
+        from dbevents import publisher
 
-        assert transport.wait(30), "the dbevents publisher did not finish within 30 s"
+        assert publisher.wait(30), "the dbevents publisher did not finish within 30 s"
         while True:
             message = self.queue.get(no_ack=True)
             if message is None:
@@ -150,7 +150,7 @@ def broker(rabbitmq_uri: str) -> Any:
 
     SERVICE_NAME is made unique (``broker.service``) so concurrent runs on one broker never see
     each other's events."""
-    from dbevents import transport
+    from dbevents import publisher
 
     service = f"test_service_{uuid.uuid4().hex[:8]}"
     with override_settings(NAMEKO_CONFIG={"AMQP_URI": rabbitmq_uri}, SERVICE_NAME=service):
@@ -158,7 +158,7 @@ def broker(rabbitmq_uri: str) -> Any:
         consumer.service = service
         try:
             yield consumer
-            transport.wait(30)
+            publisher.wait(30)
         finally:
             consumer.channel.exchange_delete(f"{service}.events")
             consumer.close()

@@ -12,7 +12,7 @@ import pytest
 from django.db import transaction
 from django.test import override_settings
 
-from dbevents import transport
+from dbevents import publisher
 from dbevents.capture import commit
 from dbevents.capture.pending import PendingEvents
 from dbevents.capture.rows import Rows
@@ -37,7 +37,7 @@ def test_exchange_is_declared_by_the_publisher(rabbitmq_uri, caplog):
     service = f"fresh_{uuid.uuid4().hex[:8]}"
     with override_settings(NAMEKO_CONFIG={"AMQP_URI": rabbitmq_uri}, SERVICE_NAME=service):
         Customer.objects.create(name="first event ever")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     with Connection(rabbitmq_uri) as conn:
         channel = conn.channel()
         # Passive: raises NotFound unless dbevents declared it exactly as nameko does.
@@ -57,7 +57,7 @@ def test_nameko_exchange_options_are_honoured(rabbitmq_uri):
     config = {"AMQP_URI": rabbitmq_uri, "DECLARE_EVENT_EXCHANGES": False}
     with override_settings(NAMEKO_CONFIG=config, SERVICE_NAME=service, DBEVENTS_PUBLISH_RETRIES=1):
         Customer.objects.create(name="x")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     with Connection(rabbitmq_uri) as conn:
         from amqp.exceptions import NotFound
 
@@ -82,8 +82,8 @@ def test_dead_broker_commits_returns_promptly_and_names_every_event(caplog, deli
         returned_after = time.monotonic() - started
         # Publishing is still retrying (>= 2 s of back-off) while the request has long returned.
         assert returned_after < 1.5
-        assert not transport.wait(0)
-        assert transport.wait(30)
+        assert not publisher.wait(0)
+        assert publisher.wait(30)
     assert Customer.objects.filter(pk__in=[a.pk, b.pk]).count() == 2
     level = logging.ERROR if delivery == "direct" else logging.WARNING
     final = [r.getMessage() for r in caplog.records if r.levelno == level and "after 3 attempt(s)" in r.getMessage()]
@@ -112,7 +112,7 @@ def test_full_queue_logs_the_events_it_refuses(caplog):
             Customer.objects.create(name="queued")     # taken by the publisher thread
             Customer.objects.create(name="queued too")  # waits in the queue
             Customer.objects.create(name="refused")     # over DBEVENTS_QUEUE_SIZE
-        assert transport.wait(30)
+        assert publisher.wait(30)
     refused = [r.getMessage() for r in caplog.records if "publish queue is full" in r.getMessage()]
     assert len(refused) >= 1 and events[-1].id in refused[-1]
 
@@ -183,18 +183,18 @@ class SlowTransport:
 
 
 def test_exit_names_the_events_still_being_published(caplog):
-    from dbevents.events import Event
+    from dbevents.events import Committed, Event
 
-    dispatcher = transport.Dispatcher()
+    pub = publisher.Publisher()
     event = Event(name="customer__created", service_name="s", payload={},
                   headers={"dbevents.event_id": "e1", "dbevents.model": "shop.Customer", "dbevents.pk": 1})
     with override_settings(DBEVENTS_TRANSPORT="tests.test_delivery.SlowTransport", DBEVENTS_SHUTDOWN_TIMEOUT=0.2,
                            DBEVENTS_PUBLISH_RETRIES=1):
-        dispatcher.submit([event])
+        pub.submit(Committed([event]))
         time.sleep(0.1)  # the publisher thread has taken the batch
-        dispatcher.shutdown()
+        pub.shutdown()
         assert "exiting with 1 unpublished event(s); events lost: e1 (customer__created shop.Customer pk=1)" in caplog.text
-        dispatcher.wait(5)
+        pub.wait(5)
 
 
 def test_failure_around_building_events_at_commit_never_fails_the_commit(monkeypatch, caplog):

@@ -16,7 +16,7 @@ import pytest
 from django.db import connection, transaction
 from django.test import override_settings
 
-from dbevents import transport
+from dbevents import publisher
 from dbevents.models import OutboxMessage
 from dbevents.relay import Relay
 from dbevents.testing import capture_events
@@ -62,7 +62,7 @@ def commit_while_broker_refuses(proxy, n):
         with transaction.atomic():
             Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(n)])
         elapsed = time.monotonic() - started
-        assert transport.wait(60)
+        assert publisher.wait(60)
     assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == n
     OutboxMessage.objects.update(available_at=None)   # skip the first back-off
     proxy.accept()
@@ -84,14 +84,14 @@ def test_broker_unreachable_at_commit_relay_delivers_every_event_once(broker, pr
 def test_connection_cut_in_the_middle_of_a_batch(broker, proxy, delivery):
     with via(proxy, DBEVENTS_DELIVERY=delivery):
         Customer.objects.create(name="warm-up")   # connection open, exchange declared
-        assert transport.wait(30)
+        assert publisher.wait(30)
         broker.drain()
         proxy.cut_after(300_000)   # about a third of the batch's frames
         with capture_events(publish=True) as events:
             with transaction.atomic():
                 customers = Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(1000)])
                 Customer.objects.filter(pk__in=[c.pk for c in customers]).update(name="second")
-        assert transport.wait(60)
+        assert publisher.wait(60)
     assert proxy.cuts == 1
     received = broker.drain()
     ids, duplicates = report(f"connection cut mid-batch ({delivery})", len(events), received)
@@ -113,7 +113,7 @@ def test_connection_cut_in_the_middle_of_a_batch(broker, proxy, delivery):
 def test_stalled_broker_never_blocks_the_request_and_loses_nothing(broker, proxy):
     with via(proxy, DBEVENTS_CONFIRM_TIMEOUT=0.5, DBEVENTS_PUBLISH_RETRIES=1):
         Customer.objects.create(name="warm-up")
-        assert transport.wait(30)
+        assert publisher.wait(30)
         broker.drain()
         proxy.stall()
         with capture_events(publish=True) as events:
@@ -121,7 +121,7 @@ def test_stalled_broker_never_blocks_the_request_and_loses_nothing(broker, proxy
             with transaction.atomic():
                 Customer.objects.bulk_create([Customer(name=f"s{i}") for i in range(50)])
             assert time.monotonic() - started < 1.0
-        assert transport.wait(30)   # gave up after the confirm timeout: rows left to the relay
+        assert publisher.wait(30)   # gave up after the confirm timeout: rows left to the relay
         proxy.resume()
         proxy.cut()
         OutboxMessage.objects.update(available_at=None)

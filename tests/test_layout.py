@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dbevents"
 MAX_LINES = 400
 # Issue 9 (the redesign) splits these; remove each as it is done. The tests fail when one of them
 # is fixed and still listed, or when anything else breaks a rule.
-NOT_YET = {"cycles": [["dbevents.outbox", "dbevents.transport", "dbevents.outbox"]],
-           "long": {"dbevents/sql.py", "dbevents/transport.py"}}
+NOT_YET: dict[str, Any] = {"cycles": [], "long": {"dbevents/sql.py"}}
 
 
 def _module_name(path: Path) -> str:

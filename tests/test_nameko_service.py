@@ -25,7 +25,7 @@ from django.db import transaction
 from django.test import override_settings
 from kombu import Connection
 
-from dbevents import transport
+from dbevents import publisher
 from tests.shop.models import Customer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_nameko_service_receives_events(rabbitmq_uri, tmp_path):
                 c = Customer.objects.create(name="Ann", email=email)
             c.name = "Anna"
             c.save()
-            assert transport.wait(30), "the dbevents publisher did not finish within 30 s"
+            assert publisher.wait(30), "the dbevents publisher did not finish within 30 s"
 
         _wait_for(lambda: len(_events(output, email)) >= 2, 30, proc, "two events in the output file", log)
         # Two handlers consume two queues: the order between them is not defined.

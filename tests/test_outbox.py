@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from dbevents import outbox, transport
+from dbevents import outbox, publisher
 from dbevents.models import OutboxMessage
 from dbevents.relay import Relay
 from dbevents.testing import capture_events
@@ -48,7 +48,7 @@ def test_rows_commit_with_the_data_and_are_marked_sent(broker):
     received = broker.drain()
     assert [r.headers["dbevents.event_id"] for r in received] == [e.id for e in events]
     assert [r.event_id for r in rows()] == [e.id for e in events]
-    assert transport.wait(30)
+    assert publisher.wait(30)
     for row in rows():
         assert row.sent_at is not None and row.lease_owner is None and row.attempts == 0
 
@@ -66,7 +66,7 @@ def test_rolled_back_work_leaves_no_row():
                 raise RuntimeError
         except RuntimeError:
             pass
-    assert transport.wait(30)
+    assert publisher.wait(30)
     assert [r.routing_key for r in rows()] == ["customer__created"]
     assert OutboxMessage.objects.get().headers.count('"dbevents.model":"shop.Customer"') == 1
 
@@ -74,9 +74,9 @@ def test_rolled_back_work_leaves_no_row():
 def test_autocommit_statements_write_their_rows_atomically():
     with broker_down(), capture_events(publish=True) as events:
         c = Customer.objects.create(name="autocommit")
-        assert transport.wait(30)
+        assert publisher.wait(30)
         Customer.objects.filter(pk=c.pk).delete()
-        assert transport.wait(30)
+        assert publisher.wait(30)
     assert pending_ids() == [e.id for e in events]
     assert [r.routing_key for r in rows()] == ["customer__created", "customer__deleted"]
 
@@ -99,11 +99,11 @@ def test_the_relay_publishes_what_the_broker_missed_in_order_exactly_once(broker
         with transaction.atomic():
             customers = [Customer.objects.create(name=f"c{i}") for i in range(5)]
         # (Waits: the in-memory SQLite test database lets one connection write at a time.)
-        assert transport.wait(30)
+        assert publisher.wait(30)
         Order.objects.create(customer=customers[0], number=1)
-        assert transport.wait(30)
+        assert publisher.wait(30)
         Customer.objects.filter(pk=customers[1].pk).update(name="renamed")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     assert broker.drain() == []
     assert pending_ids() == [e.id for e in events]
     # The committing process handed its rows over: attempt counted, error kept, lease ended.
@@ -123,7 +123,7 @@ def test_the_relay_publishes_what_the_broker_missed_in_order_exactly_once(broker
 def test_the_relay_keeps_retrying_with_back_off_and_never_expires_rows(broker, caplog):
     with broker_down(), capture_events(publish=True) as events:
         Customer.objects.create(name="patience")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     OutboxMessage.objects.update(available_at=None, created_at=timezone.now() - timedelta(days=30))
     with broker_down(DBEVENTS_PUBLISH_RETRY_DELAY=0.2, DBEVENTS_PUBLISH_RETRY_MAX_DELAY=60):
         for expected_attempts in (2, 3):
@@ -143,7 +143,7 @@ def test_the_relay_keeps_retrying_with_back_off_and_never_expires_rows(broker, c
 def test_a_lease_held_by_a_dead_process_expires():
     with broker_down():
         Customer.objects.create(name="orphan")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     OutboxMessage.objects.update(available_at=None)
     with override_settings(DBEVENTS_OUTBOX_LEASE=0.5):
         claimed = outbox.claim(connection.alias, "killed-relay", 10)
@@ -156,7 +156,7 @@ def test_a_lease_held_by_a_dead_process_expires():
 def test_a_relay_restarted_under_its_worker_id_takes_its_leases_back_at_once():
     with broker_down():
         Customer.objects.create(name="x")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     OutboxMessage.objects.update(available_at=None)
     outbox.claim(connection.alias, "relay-1", 10)
     assert outbox.release_owner(connection.alias, "relay-1") == 1
@@ -168,7 +168,7 @@ def test_unroutable_events_are_recorded_not_retried(rabbitmq_uri, caplog):
     with override_settings(NAMEKO_CONFIG={"AMQP_URI": rabbitmq_uri}, SERVICE_NAME=service):
         with capture_events(publish=True) as events:
             Customer.objects.create(name="into the void")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     row = OutboxMessage.objects.get()
     assert row.sent_at is not None and row.last_error.startswith("unroutable: NO_ROUTE")
     assert events[0].id in caplog.text and "unroutable" in caplog.text
@@ -190,7 +190,7 @@ def test_nacked_messages_are_errors_and_stay_in_the_outbox(broker, caplog):
             with transaction.atomic():
                 for i in range(3):
                     Customer.objects.create(name=f"n{i}")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     finally:
         full.delete()
     assert len(broker.drain()) >= 3   # the other queue got them; the full one nacked
@@ -204,7 +204,7 @@ def test_cleanup_deletes_old_sent_rows_only():
     with broker_down():
         for name in "abc":
             Customer.objects.create(name=name)
-        assert transport.wait(30)
+        assert publisher.wait(30)
     first, second, third = rows()
     old = timezone.now() - timedelta(days=8)
     OutboxMessage.objects.filter(pk=first.pk).update(sent_at=old)
@@ -219,7 +219,7 @@ def test_cleanup_deletes_old_sent_rows_only():
 def test_status_command_reports_pending_age_and_errors():
     with broker_down():
         Customer.objects.create(name="late")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     OutboxMessage.objects.update(created_at=timezone.now() - timedelta(seconds=120))
     out = io.StringIO()
     call_command("dbevents_status", "--database", "default", stdout=out)
@@ -247,7 +247,7 @@ def test_commands_name_a_bad_database():
 def test_relay_command_once(broker):
     with broker_down(), capture_events(publish=True) as events:
         Customer.objects.create(name="via the command")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     OutboxMessage.objects.update(available_at=None)
     out = io.StringIO()
     call_command("dbevents_relay", "--database", connection.alias, "--once", "--worker-id", "cmd", stdout=out)
@@ -258,7 +258,7 @@ def test_relay_command_once(broker):
 def test_the_outbox_is_never_captured(broker):
     with broker_down():
         Customer.objects.create(name="x")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     OutboxMessage.objects.update(available_at=None)
     with capture_events(publish=True) as events:
         Relay([connection.alias]).run(once=True)
@@ -290,7 +290,7 @@ def test_two_relays_in_threads_never_publish_an_event_twice(broker):
 
     with broker_down(), capture_events(publish=True) as events:
         Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(600)])
-        assert transport.wait(30)
+        assert publisher.wait(30)
     OutboxMessage.objects.update(available_at=None)
     relays = [Relay([connection.alias], worker_id=f"t{i}", batch_size=50) for i in range(2)]
     threads = [threading.Thread(target=r.run, kwargs={"once": True}) for r in relays]
@@ -330,12 +330,12 @@ def test_the_publishers_queries_stay_out_of_the_applications_query_log():
 
     from django.test import override_settings
 
-    from dbevents import transport
+    from dbevents import publisher
     from tests.shop.models import Customer
 
     with override_settings(DEBUG=True), mock.patch("django.db.backends.utils.logger") as log:
         Customer.objects.create(name="logged")
-        assert transport.wait(30)
+        assert publisher.wait(30)
     logged = [c.args[2] for c in log.debug.call_args_list]
     assert any("shop_customer" in sql for sql in logged)
     assert not any("dbevents_outbox" in sql for sql in logged), logged

@@ -4,33 +4,22 @@ the same transaction, and after COMMIT hand them to the publisher."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dbevents import conf, outbox, transport
+from dbevents import conf, outbox, publisher
 from dbevents.capture.pending import PendingEvents, describe
 from dbevents.capture.rows import Rows
 from dbevents.capture.serialization import build_events
 from dbevents.capture.vendors import Vendor
-from dbevents.events import describe_events
+from dbevents.events import Committed, Message, describe_events, encode
 
 if TYPE_CHECKING:
     from dbevents.events import Event
-    from dbevents.transport import Message
 
 logger = logging.getLogger("dbevents")
 
 
-@dataclass(frozen=True)
-class Committed:
-    """A transaction's events at COMMIT, and their outbox rows when they went through the
-    outbox (``messages`` is None for direct delivery)."""
-
-    events: list[Event]
-    messages: list[Message] | None
-
-
-NOTHING = Committed([], None)
+NOTHING = Committed([])
 
 
 def prepare(pending: PendingEvents, alias: str, *, peek: bool = False, after: int = 0) -> list[Event]:
@@ -79,7 +68,7 @@ def prepare_commit(pending: PendingEvents, vendor: Vendor, rows: Rows) -> Commit
                          describe(events_before))
         pending.discard()
         return NOTHING
-    return Committed(events, messages)
+    return Committed(events, connection.alias, messages)
 
 
 def store(connection: Any, events: list[Event]) -> list[Message] | None:
@@ -88,10 +77,10 @@ def store(connection: Any, events: list[Event]) -> list[Message] | None:
     the event ids."""
     if not events or not conf.outbox_enabled():
         return None
-    if not transport.publishing():
+    if not publisher.publishing():
         return None
     try:
-        return outbox.store(connection, transport.encode(events))
+        return outbox.store(connection, encode(events))
     except Exception as exc:
         logger.error(
             "dbevents: writing %d event(s) to the outbox of %r failed (%s: %s); they are published "
@@ -102,7 +91,6 @@ def store(connection: Any, events: list[Event]) -> list[Message] | None:
         return None
 
 
-def publish(committed: Committed, alias: str) -> None:
+def publish(committed: Committed) -> None:
     """Hand a committed transaction's events to the publisher (after COMMIT)."""
-    if committed.events:
-        transport.publish(committed.events, alias=alias, messages=committed.messages)
+    publisher.publish(committed)

@@ -19,6 +19,7 @@ from dbevents.capture.pending import PendingEvents
 from dbevents.capture.rows import Rows, given_keys
 from dbevents.capture.vendors import vendor_for
 from dbevents.capture.write import Write
+from dbevents.events import Committed
 from dbevents.registry import TableInfo, get_registry
 from dbevents.sql import analyse, analyse_merge, compound_writes, split_statements, write_target
 
@@ -294,15 +295,15 @@ class ConnectionCapture:
         """This transaction's events (see :func:`commit.prepare`)."""
         return commit.prepare(self.pending, self.connection.alias, peek=peek, after=after)
 
-    def prepare_commit(self) -> commit.Committed:
+    def prepare_commit(self) -> Committed:
         return commit.prepare_commit(self.pending, self.vendor, self.rows)
 
-    def publish(self, committed: commit.Committed) -> None:
-        commit.publish(committed, self.connection.alias)
+    def publish(self, committed: Committed) -> None:
+        commit.publish(committed)
 
     def flush_committed(self) -> None:
         """Publish the events of statements that are already committed (autocommit)."""
-        self.publish(commit.Committed(self.prepare(), None))
+        self.publish(Committed(self.prepare(), self.connection.alias))
 
     def discard(self) -> None:
         self.pending.discard()

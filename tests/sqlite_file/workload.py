@@ -94,9 +94,9 @@ def main() -> None:
         attempt("async", lambda: asyncio.run(async_writes()))
         report.setdefault("save-while-iterating", 0)
         attempt("save-while-iterating", save_while_iterating)
-    from dbevents import transport
+    from dbevents import publisher
 
-    transport.wait(30)
+    publisher.wait(30)
     # The transport is this file imported under its module name, not __main__.
     from tests.sqlite_file import workload
 
