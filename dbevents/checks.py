@@ -203,7 +203,7 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     import sqlite3
 
     if sqlite3.sqlite_version_info < (3, 35) and any(
-        connections[a].vendor == "sqlite" for a in _capturing_aliases()
+        _vendor_of(a).requires_returning for a in _capturing_aliases()
     ):
         errors.append(checks.Error(
             f"SQLite {sqlite3.sqlite_version} has no RETURNING clause, which dbevents needs to capture writes on SQLite.",
@@ -219,6 +219,12 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             id="dbevents.W001",
         ))
     return errors
+
+
+def _vendor_of(alias: str) -> Any:
+    """What capture knows of the database of ``alias`` (a dbevents engine's)."""
+    capture: Any = connections[alias].dbevents  # type: ignore[attr-defined]
+    return capture.vendor
 
 
 def _capturing_aliases() -> list[str]:

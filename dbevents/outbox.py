@@ -64,7 +64,7 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message]) -> list[Mess
          owner, 0, "")
         for m in messages
     ]
-    if connection.vendor == "postgresql" and type(connection.connection).__module__.split(".")[0] == "psycopg":
+    if _vendor(connection).inserts_arrays():
         ids = _insert_postgresql(connection, rows)
     else:
         ids = _insert(connection, rows)
@@ -180,7 +180,7 @@ def _retrying(alias: str, work: Callable[[], Any], attempts: int = 5) -> Any:
     was busy (SQLite answers "database table is locked" at once while a writer commits)."""
     from django.db import DatabaseError
 
-    gated = connections[alias].vendor == "sqlite"
+    gated = _vendor(connections[alias]).gated
     for attempt in range(1, attempts + 1):
         try:
             with _internal(connections[alias]):
@@ -236,7 +236,7 @@ def claim(alias: str, owner: str, limit: int) -> list[Message]:
             if not ids:
                 return []
             manager.filter(pk__in=ids).update(lease_owner=token, available_at=until)
-        elif connection.vendor == "mysql":
+        elif _vendor(connection).claims_by_locking:
             ids = list(manager.filter(available).order_by("id").select_for_update()
                        .values_list("id", flat=True)[:limit])
             if not ids:
@@ -335,3 +335,8 @@ def stats(alias: str) -> dict[str, Any]:
         "unroutable": counts["unroutable"],
         "sent": counts["sent"],
     }
+
+
+def _vendor(connection: Any) -> Any:
+    """What capture knows of the database behind ``connection`` (``dbevents.capture.vendors``)."""
+    return connection.dbevents.vendor

@@ -26,7 +26,7 @@ from dbevents.transport import PublishResult, Sender
 logger = logging.getLogger("dbevents")
 
 
-def record(done: Sequence[Message], returned: Sequence[tuple[Message, str]]) -> None:
+def after_publish(done: Sequence[Message], returned: Sequence[tuple[Message, str]]) -> None:
     """After a publish: log what the broker returned, and mark the outbox rows of confirmed and
     returned messages as sent."""
     if returned:
@@ -176,7 +176,7 @@ class Publisher:
             delay = min(delay * 2, float(conf.get("DBEVENTS_PUBLISH_RETRY_MAX_DELAY")))
         if done:
             logger.debug("dbevents: published %d event(s)", len(done))
-        record(done, returned)
+        after_publish(done, returned)
 
     def _hand_to_relay(self, messages: list[Message], why: str) -> None:
         """End this process's lease on outbox rows it could not publish, so that a relay takes

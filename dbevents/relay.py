@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from django.db import connections, router
 
 from dbevents import outbox
-from dbevents.publisher import record
+from dbevents.publisher import after_publish
 from dbevents.transport import PublishResult, Sender
 
 logger = logging.getLogger("dbevents")
@@ -76,10 +76,6 @@ class Relay:
         """Finish the batch in hand, then return from :meth:`run` (safe from a signal handler)."""
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def run(self, *, once: bool = False) -> None:
         """Relay until stopped; with ``once``, until the outboxes have nothing available."""
         if self.explicit_id:
@@ -118,7 +114,7 @@ class Relay:
 
     def _settle(self, result: PublishResult) -> None:
         try:
-            record(result.confirmed, result.returned)
+            after_publish(result.confirmed, result.returned)
         finally:
             self.published += len(result.confirmed)
             if result.failed:

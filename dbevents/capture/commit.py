@@ -33,7 +33,7 @@ def prepare(pending: PendingEvents, alias: str, *, peek: bool = False, after: in
         return []
     events_before = pending.events
     try:
-        pending.complete([e for e in events_before if e.instance is None])
+        pending.load_missing([e for e in events_before if e.instance is None])
         ready = [e for e in pending.events if e.instance is not None and e.order[0] > after]
         events = build_events(ready, alias)
     except Exception:
@@ -90,7 +90,3 @@ def store(connection: Any, events: list[Event]) -> list[Message] | None:
         )
         return None
 
-
-def publish(committed: Committed) -> None:
-    """Hand a committed transaction's events to the publisher (after COMMIT)."""
-    publisher.publish(committed)

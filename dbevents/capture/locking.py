@@ -54,7 +54,7 @@ def run(w: Write) -> Any:
     else:
         w.record(info, [(k, None, action) for k in keys])
         if w.own_transaction:
-            w.pending.complete(w.pending.incomplete)
+            w.pending.load_missing(w.pending.incomplete)
     return result
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from dbevents import publisher
 from dbevents.capture.commit import NOTHING
 from dbevents.capture.wrapper import ConnectionCapture
 
@@ -50,7 +51,7 @@ class CaptureMixin:
     def commit(self) -> None:
         committed = self.dbevents.prepare_commit() if not self.in_atomic_block else NOTHING  # type: ignore[attr-defined]
         super().commit()  # type: ignore[misc]
-        self.dbevents.publish(committed)
+        publisher.publish(committed)
 
     def rollback(self) -> None:
         try:

@@ -150,11 +150,12 @@ class PendingEvents:
             if not merges:
                 todo.append(event)
         if todo:
-            self.complete(todo)
+            self.load_missing(todo)
 
-    def complete_table(self, info: TableInfo) -> None:
-        """Complete the events of ``info``'s inheritance chain (before an unheard write to it)."""
-        self.complete([e for e in self.incomplete if e.root is info.root])
+    def load_missing_of(self, info: TableInfo) -> None:
+        """:meth:`load_missing` for the events of ``info``'s inheritance chain (before an unheard
+        write to it)."""
+        self.load_missing([e for e in self.incomplete if e.root is info.root])
 
     # ------------------------------------------------------------------ savepoints and the end
 
@@ -185,9 +186,9 @@ class PendingEvents:
         self.marks = {}
         self.last_mark = self.statement_no
 
-    # ------------------------------------------------------------------ completing
+    # ------------------------------------------------------------------ loading what they lack
 
-    def complete(self, events: list[PendingEvent]) -> None:
+    def load_missing(self, events: list[PendingEvent]) -> None:
         """Resolve each event's model and load the row data it still lacks (one query per
         table). Events whose row no longer exists, or whose model is not registered, are
         dropped: they describe no registered object."""
@@ -220,7 +221,6 @@ class PendingEvents:
         for event in pending:
             if event.entry is None:
                 logger.debug("dbevents: %s row %r belongs to no registered model", event.table.model._meta.label, event.pk)
-                event.instance = None
             else:
                 event.instance = self._instance(event)
         self.incomplete = [e for e in self.incomplete if id(e) not in done]

@@ -22,6 +22,8 @@ class Vendor:
     # The driver refuses to COMMIT while a statement still has rows to hand out (a RETURNING
     # that capture did not consume, because it ran the statement uncaptured): read them first.
     reads_rows_before_commit = False
+    requires_returning = False     # capture has no other path here: RETURNING is required
+    claims_by_locking = False      # the relay claims outbox rows with SELECT ... FOR UPDATE (no SKIP LOCKED)
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
@@ -44,6 +46,10 @@ class Vendor:
 
     def batch_returns(self) -> bool:
         """Whether the driver returns the rows of each statement of an ``executemany()``."""
+        return False
+
+    def inserts_arrays(self) -> bool:
+        """Whether the outbox INSERT can pass one array per column (and get the ids back)."""
         return False
 
     def begin(self, raw: Any) -> None:
@@ -77,6 +83,12 @@ class PostgreSQL(Vendor):
         return True  # psycopg runs a batch in one transaction
 
     def batch_returns(self) -> bool:
+        return self._psycopg3()
+
+    def inserts_arrays(self) -> bool:
+        return self._psycopg3()
+
+    def _psycopg3(self) -> bool:
         return getattr(getattr(self.connection, "Database", None), "__name__", "") == "psycopg"
 
     def transaction_failed(self) -> bool:
@@ -96,6 +108,7 @@ class SQLite(Vendor):
     name = "sqlite"
     gated = True
     reads_rows_before_commit = True
+    requires_returning = True
 
     def returning_ref(self, ref: str) -> str:
         return ""  # SQLite's RETURNING sees the target table only and refuses its alias: bare names
@@ -118,6 +131,7 @@ class MySQL(Vendor):
 
     name = "mysql"
     own_schema_query = "SELECT DATABASE()"
+    claims_by_locking = True
     locks_in_own_transaction = True
     rebuilds_insert_result = True
     collects_lastrowid = True

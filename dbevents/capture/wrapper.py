@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dbevents import conf, runtime, sqlite_gate
+from dbevents import conf, publisher, runtime, sqlite_gate
 from dbevents.capture import batch, commit, compound, locking, returning
 from dbevents.capture.cursor import ReplayCursor, buffer_result
 from dbevents.capture.pending import PendingEvents
@@ -127,7 +127,7 @@ class ConnectionCapture:
         mutes = runtime.mutes.get()
         if mutes and runtime.mutes_everything(mutes, info.labels):
             # Unheard, but it may change rows whose earlier events still need their data.
-            self.pending.complete_table(info)
+            self.pending.load_missing_of(info)
             return None
         return info, mutes
 
@@ -286,7 +286,7 @@ class ConnectionCapture:
         finally:
             with self.connection.wrap_database_errors:
                 self.vendor.end(raw)
-        self.publish(committed)
+        publisher.publish(committed)
         return result
 
     # ------------------------------------------------------------------ the transaction's events
@@ -298,12 +298,9 @@ class ConnectionCapture:
     def prepare_commit(self) -> Committed:
         return commit.prepare_commit(self.pending, self.vendor, self.rows)
 
-    def publish(self, committed: Committed) -> None:
-        commit.publish(committed)
-
     def flush_committed(self) -> None:
         """Publish the events of statements that are already committed (autocommit)."""
-        self.publish(Committed(self.prepare(), self.connection.alias))
+        publisher.publish(Committed(self.prepare(), self.connection.alias))
 
     def discard(self) -> None:
         self.pending.discard()
