@@ -10,7 +10,7 @@ from typing import Any
 
 from dbevents import runtime
 from dbevents.capture import returning
-from dbevents.capture.cursor import UNSET, ReplayCursor
+from dbevents.capture.cursor import UNSET, replay
 from dbevents.capture.rows import names_keys
 from dbevents.capture.write import Write
 from dbevents.registry import TableInfo
@@ -34,7 +34,7 @@ def executemany(capture: Any, info: TableInfo | None, mutes: tuple[runtime.Mute,
         if returning.batch_returns(batch):
             written = (capture.in_raw_transaction(lambda: returning.run_batch(batch, rows), context)
                        if autocommit else returning.run_batch(batch, rows))
-            wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=sum(len(w) for w in written),
+            replay(wrapper, raw, None, None, rowcount=sum(len(w) for w in written),
                                           shown=(sql, rows[-1] if rows else None))
             return capture.vendor.executemany_result(wrapper.cursor.rowcount, raw)
     ids: list[Any] = []
@@ -59,7 +59,7 @@ def executemany(capture: Any, info: TableInfo | None, mutes: tuple[runtime.Mute,
     if ids and inserting and info is not None:
         # As for one multi-row INSERT: the first generated key, or the last given one.
         lastrowid = ids[-1] if names_keys(stmt, info) else ids[0]  # type: ignore[arg-type]
-    wrapper.cursor = ReplayCursor(wrapper, raw, None, None, rowcount=total, lastrowid=lastrowid,
+    replay(wrapper, raw, None, None, rowcount=total, lastrowid=lastrowid,
                                   shown=(sql, rows[-1] if rows else None))
     return capture.vendor.executemany_result(total, raw)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from dbevents import conf
 from dbevents.capture import locking, returning
-from dbevents.capture.cursor import ReplayCursor
+from dbevents.capture.cursor import replay
 from dbevents.capture.pending import Row, one_per_key
 from dbevents.capture.rows import CREATED, DELETED, UPDATED, column, given_keys, key_list
 from dbevents.capture.write import Write
@@ -68,7 +68,7 @@ def run(w: Write, watched: Watched) -> Any:
     raw = wrapper.cursor
     with w.connection.wrap_database_errors:
         rows = raw.fetchall() if raw.description is not None else None
-        wrapper.cursor = ReplayCursor(wrapper, raw, rows, raw.description)
+        replay(wrapper, raw, rows, raw.description)
     return result
 
 

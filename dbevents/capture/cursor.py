@@ -1,5 +1,6 @@
-"""The stand-in for the driver cursor after capture consumed a statement's result: the only code
-that replaces ``CursorWrapper.cursor`` once a statement ran."""
+"""The stand-in for the driver cursor after capture consumed a statement's result. :func:`replay`
+is how capture puts it in place of ``CursorWrapper.cursor`` once a statement ran (only the
+execute wrapper's ``DriverProxy`` stands there before)."""
 
 from __future__ import annotations
 
@@ -132,4 +133,13 @@ def buffer_result(context: dict[str, Any]) -> None:
     if isinstance(raw, ReplayCursor) or raw.description is None:
         return
     rows = raw.fetchall()
-    wrapper.cursor = ReplayCursor(wrapper, raw, rows, raw.description, rowcount=raw.rowcount, lastrowid=raw.lastrowid)
+    replay(wrapper, raw, rows, raw.description, rowcount=raw.rowcount, lastrowid=raw.lastrowid)
+
+
+def replay(wrapper: Any, raw: Any, rows: list[tuple[Any, ...]] | None, description: Any, *,
+           rowcount: int | None = None, lastrowid: Any = UNSET, shown: tuple[str, Any] | None = None) -> ReplayCursor:
+    """Put a :class:`ReplayCursor` over the driver cursor ``raw`` in Django's ``wrapper``: Django
+    reads the statement's result from it (``rows`` None: "no result set")."""
+    cursor = ReplayCursor(wrapper, raw, rows, description, rowcount=rowcount, lastrowid=lastrowid, shown=shown)
+    wrapper.cursor = cursor
+    return cursor

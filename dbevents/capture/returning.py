@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dbevents.capture.cursor import UNSET, ReplayCursor
+from dbevents.capture.cursor import UNSET, replay
 from dbevents.capture.pending import Row, one_per_key
 from dbevents.capture.rows import (
     CREATED,
@@ -52,15 +52,15 @@ def run(w: Write) -> Any:
         description = raw.description
     ours = len(columns)
     if stmt.returning is not None:
-        wrapper.cursor = ReplayCursor(wrapper, raw, [tuple(r[:-ours]) for r in rows], description[:-ours])
+        replay(wrapper, raw, [tuple(r[:-ours]) for r in rows], description[:-ours])
     else:
-        wrapper.cursor = ReplayCursor(wrapper, raw, None, None)
+        replay(wrapper, raw, None, None)
     recorded = returned(w, info, rows, ours, action, xmax, existing)
     if stmt.kind == "insert" and stmt.returning is None and w.vendor.rebuilds_insert_result and recorded:
         # RETURNING makes MySQLdb report neither the first new id nor upsert's 2-per-update
         # row count: give Django's cursor what the plain statement would have.
         created = [pk for pk, _, act in recorded if act == CREATED]
-        wrapper.cursor = ReplayCursor(
+        replay(
             wrapper, raw, None, None,
             rowcount=(len(created) + 2 * (len(recorded) - len(created)) if stmt.upsert
                       else len(recorded) + len(replaced) if replaced else None),  # REPLACE: deleted + inserted

@@ -32,6 +32,13 @@ class Rows:
     def query(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """Run capture's own SELECT on a bare driver cursor: no execute wrappers, not in
         ``connection.queries``, not counted by ``assertNumQueries``."""
+        return self._run(sql, params, fetch=True)
+
+    def execute(self, sql: str) -> None:
+        """Run one statement of capture's own (``SAVEPOINT`` ...) on a bare driver cursor."""
+        self._run(sql, None, fetch=False)
+
+    def _run(self, sql: str, params: Any, fetch: bool) -> list[tuple[Any, ...]]:
         conn = self.connection
         conn.ensure_connection()
         with conn.wrap_database_errors:
@@ -41,16 +48,7 @@ class Rows:
                     cursor.execute(sql)
                 else:
                     cursor.execute(sql, params)
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
-
-    def execute(self, sql: str) -> None:
-        """Run one statement of capture's own (``SAVEPOINT`` ...) on a bare driver cursor."""
-        with self.connection.wrap_database_errors:
-            cursor = self.connection.create_cursor()
-            try:
-                cursor.execute(sql)
+                return list(cursor.fetchall()) if fetch else []
             finally:
                 cursor.close()
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbevents import conf, publisher, runtime, sqlite_gate
 from dbevents.capture import batch, commit, compound, locking, returning
-from dbevents.capture.cursor import ReplayCursor, buffer_result
+from dbevents.capture.cursor import ReplayCursor, buffer_result, replay
 from dbevents.capture.pending import PendingEvents
 from dbevents.capture.rows import Rows, given_keys
 from dbevents.capture.vendors import vendor_for
@@ -249,7 +249,7 @@ class ConnectionCapture:
             return
         wrapper = context["cursor"]
         if not isinstance(wrapper.cursor, ReplayCursor):
-            wrapper.cursor = ReplayCursor(wrapper, wrapper.cursor, None, None)
+            replay(wrapper, wrapper.cursor, None, None)
         wrapper.cursor.shown = (sql, params)
 
     def _operational(self, exc: BaseException) -> bool:
