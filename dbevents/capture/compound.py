@@ -16,9 +16,9 @@ from typing import Any
 from dbevents import conf
 from dbevents.capture import locking, returning
 from dbevents.capture.cursor import replay
-from dbevents.capture.pending import Row, one_per_key
+from dbevents.capture.pending import Row
 from dbevents.capture.rows import CREATED, DELETED, UPDATED, column, given_keys, key_list
-from dbevents.capture.write import Write
+from dbevents.capture.write import Write, rows_by_given_keys
 from dbevents.registry import TableInfo, get_registry
 from dbevents.sql import Merge, Part, Statement, analyse_merge, compound_writes, table_names, write_target
 
@@ -83,11 +83,8 @@ def _before(w: Write, stmt: Statement, info: TableInfo, params: Any, recorders: 
                            "the keys or move the INSERT out of the WITH list: %.300s", info.model._meta.label,
                            info.key, w.connection.alias, stmt.sql)
             return stmt.sql, params
-        existing = set(w.rows.existing_keys(info, given)) if stmt.upsert or stmt.ignore else set()
-        rows: list[Row] = [(k, None, CREATED) for k in given if k not in existing]
-        if stmt.upsert:
-            rows += [(k, None, UPDATED) for k in given if k in existing]
-        recorders.append(lambda: w.record(info, one_per_key(rows)))
+        written = rows_by_given_keys(w, stmt, info, given)
+        recorders.append(lambda: w.record(info, written))
         return stmt.sql, params
     if stmt.kind == "delete":
         deleted = w.rows.of_statement(stmt, info, params)
@@ -220,19 +217,9 @@ def _insert_keys(w: Write, merge: Merge, between: Callable[[int, int], list[Any]
 def _row_versions(w: Write, keys: list[Any]) -> dict[Any, str]:
     """Each existing row's physical version (PostgreSQL's ``ctid``), which any UPDATE changes."""
     info = w.info
-    qn = w.connection.ops.quote_name
     width = len(info.pk_fields)
-    prepared = [p for p in (w.rows.prepared(info, k) for k in dict.fromkeys(keys)) if p is not None]
-    found: dict[Any, str] = {}
-    size = w.rows.chunk_size(width)
-    cols = ", ".join(qn(column(f)) for f in info.pk_fields)
-    for i in range(0, len(prepared), size):
-        chunk = prepared[i:i + size]
-        marks = key_list(["%s"] * (len(chunk) * width), width)
-        rows = w.rows.query(f"SELECT {cols}, ctid::text FROM {qn(info.model._meta.db_table)} "
-                            f"WHERE {w.rows.key_columns(info, None)} IN ({marks})", [v for c in chunk for v in c])
-        found.update((info.pk_to_python(tuple(r[:width])), r[width]) for r in rows)
-    return found
+    return {info.pk_to_python(tuple(r[:width])): r[width]
+            for r in w.rows.by_keys(info, keys, info.pk_fields, also="ctid::text")}
 
 
 def _restrict_merge(w: Write, merge: Merge, keys: list[Any]) -> tuple[str, Any]:

@@ -10,9 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dbevents.capture.pending import Row, one_per_key
 from dbevents.capture.rows import CREATED, DELETED, INTEGER_TYPES, UPDATED, given_keys, key_list, statement_pks
-from dbevents.capture.write import Write, cascade_of, replaced_rows
+from dbevents.capture.write import Write, cascade_of, replaced_rows, rows_by_given_keys
 from dbevents.registry import TableInfo
 from dbevents.sql import Statement
 
@@ -116,19 +115,14 @@ def _insert(w: Write) -> Any:
     stmt: Statement = w.stmt
     info, params = w.info, w.params
     given = given_keys(stmt, info, params)
-    existing: set[Any] = set()
-    if given is not None and (stmt.upsert or stmt.ignore):
-        existing = set(w.rows.existing_keys(info, given))
+    written = rows_by_given_keys(w, stmt, info, given) if given is not None else None
     replaced = replaced_rows(w) if stmt.replace else None
     result = w.run(stmt.sql, params)
     raw = w.cursor.cursor
     if replaced:
         w.record(info, [(info.pk_of(r), r, DELETED) for r in replaced])
-    if given is not None:
-        written: list[Row] = [(k, None, CREATED) for k in given if k not in existing]
-        if stmt.upsert:
-            written += [(k, None, UPDATED) for k in given if k in existing]
-        w.record(info, one_per_key(written))
+    if written is not None:
+        w.record(info, written)
     elif stmt.upsert or stmt.ignore:
         logger.error("dbevents: %s on %s (%r) without primary keys in its values: this database cannot "
                      "tell which rows it wrote, so it produces no events", stmt.keyword.upper(),

@@ -78,11 +78,13 @@ class Rows:
     def chunk_size(self, width: int = 1) -> int:
         return max(1, min((self.connection.features.max_query_params or 10_000) - 10, 10_000) // width)
 
-    def by_keys(self, info: TableInfo, keys: list[Any], fields: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    def by_keys(self, info: TableInfo, keys: list[Any], fields: Sequence[Any],
+                also: str = "") -> Iterator[tuple[Any, ...]]:
         """``SELECT <fields> FROM <table> WHERE pk IN (<keys>)``, in chunks the database accepts;
-        yields converted rows."""
+        yields converted rows of ``info.fields``, else the driver's rows (``also``: one more
+        column expression at their end)."""
         qn = self.connection.ops.quote_name
-        cols = ", ".join(qn(column(f)) for f in fields)
+        cols = ", ".join([*(qn(column(f)) for f in fields), *([also] if also else [])])
         width = len(info.pk_fields)
         size = self.chunk_size(width)
         prepared = [p for p in (self.prepared(info, k) for k in dict.fromkeys(keys)) if p is not None]

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbevents import runtime
-from dbevents.capture.pending import PendingEvents, Row
-from dbevents.capture.rows import DELETED, Rows, statement_pks
+from dbevents.capture.pending import PendingEvents, Row, one_per_key
+from dbevents.capture.rows import CREATED, DELETED, UPDATED, Rows, statement_pks
 from dbevents.capture.vendors import Vendor
 from dbevents.registry import TableInfo
 
@@ -67,3 +67,13 @@ def cascade_of(w: Write, keys: list[Any] | None = None) -> list[tuple[TableInfo,
         known = statement_pks(stmt, info, w.params)
         keys = list(known) if known is not None else w.rows.keys_of_statement(stmt, info, w.params)
     return w.rows.db_cascade(info, keys)
+
+
+def rows_by_given_keys(w: Write, stmt: Any, info: TableInfo, given: list[Any]) -> list[Row]:
+    """The rows an INSERT whose VALUES name the keys ``given`` is about to write: created, or
+    for an upsert updated where the key exists already (read before it runs)."""
+    existing = set(w.rows.existing_keys(info, given)) if stmt.upsert or stmt.ignore else set()
+    rows: list[Row] = [(k, None, CREATED) for k in given if k not in existing]
+    if stmt.upsert:
+        rows += [(k, None, UPDATED) for k in given if k in existing]
+    return one_per_key(rows)
