@@ -15,9 +15,10 @@ from dbevents.registry import ENTRY_KEYS, get_registry
 
 def _entries() -> tuple[list[dict[str, Any]], list[checks.CheckMessage]]:
     raw = conf.get("MODELS_CRUD_EVENT")
-    if not isinstance(raw, (list, tuple)):
+    invalid = conf.problems().get("MODELS_CRUD_EVENT")
+    if invalid:   # conf.get gave the default, []
         return [], [checks.Error(
-            f"MODELS_CRUD_EVENT must be a list of dicts, not {type(raw).__name__} {raw!r}.",
+            f"{invalid}.",
             hint='Write MODELS_CRUD_EVENT = [{"model": "app_label.ModelName"}, ...].',
             id="dbevents.E001",
         )]
@@ -147,10 +148,10 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             hint="Set SERVICE_NAME = 'your_service' (events go to the '<SERVICE_NAME>.events' exchange).",
             id="dbevents.E006",
         ))
-    nameko = conf.get("NAMEKO_CONFIG")
-    if nameko is not None and not isinstance(nameko, dict):
+    invalid = conf.problems()
+    if "NAMEKO_CONFIG" in invalid:
         errors.append(checks.Error(
-            f"NAMEKO_CONFIG must be a dict, not {type(nameko).__name__} {nameko!r}.",
+            f"{invalid['NAMEKO_CONFIG']}.",
             hint="Write NAMEKO_CONFIG = {'AMQP_URI': 'amqp://guest:guest@localhost:5672/'}.",
             id="dbevents.E007",
         ))
@@ -161,34 +162,24 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                  "('memory://' for an in-process broker).",
             id="dbevents.E007",
         ))
-    for name, kind, low in (
-        ("DBEVENTS_PUBLISH_RETRIES", int, 1), ("DBEVENTS_QUEUE_SIZE", int, 1),
-        ("DBEVENTS_PUBLISH_RETRY_DELAY", (int, float), 0), ("DBEVENTS_PUBLISH_RETRY_MAX_DELAY", (int, float), 0),
-        ("DBEVENTS_SHUTDOWN_TIMEOUT", (int, float), 0), ("DBEVENTS_CONNECT_TIMEOUT", (int, float), 0),
-        ("DBEVENTS_CONFIRM_TIMEOUT", (int, float), 0), ("DBEVENTS_PUBLISH_BATCH_SIZE", int, 1),
-        ("DBEVENTS_OUTBOX_LEASE", (int, float), 0),
-    ):
-        value = conf.get(name)
-        if isinstance(value, bool) or not isinstance(value, kind) or value < low:
-            errors.append(checks.Error(
-                f"{name} is {value!r}; expected a number >= {low}.",
-                hint=f"Remove it to use the default {conf.DEFAULTS[name]!r}.",
-                id="dbevents.E011",
-            ))
-    retention = conf.get("DBEVENTS_OUTBOX_RETENTION")
-    if retention is not None and (isinstance(retention, bool) or not isinstance(retention, (int, float))
-                                  or retention < 0):
+    for name, why in invalid.items():
+        if name in ("MODELS_CRUD_EVENT", "NAMEKO_CONFIG", "SERVICE_NAME"):
+            continue   # E001, E007 and E006 above say it in their own words
         errors.append(checks.Error(
-            f"DBEVENTS_OUTBOX_RETENTION is {retention!r}; expected seconds (a number >= 0) or None.",
-            hint="Remove it to keep sent outbox rows for 7 days, or set None to keep them forever.",
-            id="dbevents.E011",
+            f"{why}.",
+            hint=("'outbox' (the default) never loses an event; 'direct' publishes from memory (at-most-once)."
+                  if name == "DBEVENTS_DELIVERY" else
+                  f"Remove {name} to use the default {conf.DEFAULTS[name]!r}; until then dbevents uses the default."),
+            id="dbevents.E014" if name == "DBEVENTS_DELIVERY" else "dbevents.E011",
         ))
-    delivery = conf.get("DBEVENTS_DELIVERY")
-    if delivery not in conf.DELIVERY_MODES:
+    uri = conf.nameko_config().get("AMQP_URI")
+    uri_problem = conf.uri_problem(uri) if uri else None
+    if uri_problem:
         errors.append(checks.Error(
-            f"DBEVENTS_DELIVERY is {delivery!r}; expected one of {', '.join(map(repr, conf.DELIVERY_MODES))}.",
-            hint="'outbox' (the default) never loses an event; 'direct' publishes from memory (at-most-once).",
-            id="dbevents.E014",
+            f"{uri_problem}.",
+            hint="The URI is not shown here because it holds a password. Until it is fixed no event is "
+                 "published; the outbox keeps them.",
+            id="dbevents.E015",
         ))
     try:
         from django.utils.module_loading import import_string
@@ -198,7 +189,7 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         errors.append(checks.Error(
             f"DBEVENTS_TRANSPORT is {conf.get('DBEVENTS_TRANSPORT')!r}, which cannot be imported: {exc}.",
             hint="Remove it to use 'dbevents.transport.NamekoTransport'.",
-            id="dbevents.E011",
+            id="dbevents.E016",
         ))
     import sqlite3
 
@@ -219,6 +210,12 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             id="dbevents.W001",
         ))
     return errors
+
+
+def configuration_errors() -> list[checks.CheckMessage]:
+    """The errors of the dbevents checks (for the commands, which do not run the system checks)."""
+    found = [*check_models(), *check_delivery()]
+    return [m for m in found if m.is_serious()]
 
 
 def _vendor_of(alias: str) -> Any:

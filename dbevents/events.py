@@ -6,6 +6,7 @@ transaction's events, on their way to the publisher)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,9 +75,21 @@ class Event:
         return f"{self.service_name}.events/{self.name} id={self.id}"
 
 
-def describe_events(events: list[Event]) -> str:
-    """Every event of ``events`` described, comma-separated: log lines name each one."""
-    return ", ".join(e.describe() for e in events)
+def describe_events(events: Sequence[Event | Message], limit: int = 20) -> str:
+    """The first ``limit`` of ``events`` (events or messages) described, comma-separated, and how
+    many more: a log line stays short whatever the size of the transaction."""
+    shown = ", ".join(e.describe() for e in events[:limit])
+    return f"{shown} ... and {len(events) - limit} more" if len(events) > limit else shown
+
+
+def event_key(headers: dict[str, Any]) -> str:
+    """``<model label>:<primary key>`` of an event (its outbox ``event_key``): the events of one
+    key are published in commit order. Keys longer than the column are hashed."""
+    pk = headers.get(HEADER_PK)
+    key = f"{headers.get(HEADER_MODEL, '')}:{pk if isinstance(pk, (int, str)) else json.dumps(pk, default=str)}"
+    if len(key) <= 191:
+        return key
+    return f"{headers.get(HEADER_MODEL, '')}:sha1:{hashlib.sha1(key.encode()).hexdigest()}"[:191]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +113,11 @@ class Message:
     def event_id(self) -> str:
         return str(self.headers.get(HEADER_EVENT_ID, "?"))
 
+    @property
+    def key(self) -> str:
+        """The event's ``event_key`` (model and primary key)."""
+        return event_key(self.headers)
+
     def describe(self) -> str:
         """``"<event id> (<event name> <model> pk=<pk>)"``, for log lines."""
         h = self.headers
@@ -120,9 +138,7 @@ class Committed:
         return len(self.messages) if self.messages is not None else len(self.events)
 
     def describe(self) -> str:
-        if self.messages is not None:
-            return ", ".join(m.describe() for m in self.messages)
-        return describe_events(self.events)
+        return describe_events(self.messages if self.messages is not None else self.events)
 
 
 @functools.cache
@@ -142,11 +158,43 @@ def _codec() -> tuple[str, str, Any]:
 
 def encode(events: Sequence[Event], *, alias: str | None = None) -> list[Message]:
     """Serialize ``events`` the way nameko's dispatcher would (``NAMEKO_CONFIG["SERIALIZER"]``,
-    default JSON). Raises when a payload cannot be serialized."""
+    default JSON). Raises when a payload cannot be serialized (see :func:`encode_each`)."""
+    messages, failures = encode_each(events, alias=alias)
+    if failures:
+        raise failures[0].error
+    return messages
+
+
+@dataclass(frozen=True)
+class Unencodable:
+    """An event whose payload the serializer cannot encode: ``why`` names the exception and the
+    first value at fault (``payload['tags']``); ``message`` carries a diagnostic rendering of the
+    payload (``repr`` for what JSON cannot hold), never published."""
+
+    event: Event
+    error: BaseException
+    why: str
+    message: Message
+
+
+def encode_each(events: Sequence[Event], *, alias: str | None = None) -> tuple[list[Message], list[Unencodable]]:
+    """:func:`encode`, event by event: the events that can be encoded, and those that cannot."""
     content_type, content_encoding, encoder = _codec()
     out = []
+    failures: list[Unencodable] = []
     for event in events:
-        body = encoder(event.payload)
+        try:
+            body = encoder(event.payload)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc} (at {bad_value_path(event.payload, encoder)})"
+            try:
+                diagnostic = json.dumps(event.payload, default=repr).encode()
+            except Exception:   # e.g. a key that is no string: the repr says it all
+                diagnostic = json.dumps(repr(event.payload)).encode()
+            failures.append(Unencodable(event, exc, why, Message(
+                event.service_name, event.name, diagnostic, "application/json", "utf-8", dict(event.headers),
+                alias=alias)))
+            continue
         out.append(Message(
             service_name=event.service_name,
             routing_key=event.name,
@@ -156,7 +204,23 @@ def encode(events: Sequence[Event], *, alias: str | None = None) -> list[Message
             headers=dict(event.headers),
             alias=alias,
         ))
-    return out
+    return out, failures
+
+
+def bad_value_path(payload: Any, encoder: Any) -> str:
+    """Where in ``payload`` the first value ``encoder`` rejects sits: ``payload['tags'][0]``."""
+    path, value = "payload", payload
+    while isinstance(value, (dict, list, tuple)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            try:
+                encoder(item)
+            except Exception:
+                path, value = f"{path}[{key!r}]", item
+                break
+        else:
+            break  # every child encodes: the container itself is at fault (a key that is no string)
+    return path
 
 
 def headers_json(headers: dict[str, Any]) -> str:

@@ -18,7 +18,11 @@ class OutboxMessage(models.Model):
     A pending row is *available* when ``available_at`` is NULL or past: the committing process
     leases the rows it writes for ``DBEVENTS_OUTBOX_LEASE`` seconds (it publishes them itself
     right after COMMIT), a relay leases the rows it claims, and a failed attempt makes the row
-    wait for its back-off. ``dbevents_relay`` publishes available rows in ``id`` order.
+    wait for its back-off. ``dbevents_relay`` publishes available rows in ``id`` order, and a row
+    only once every earlier row of the same ``event_key`` (model and primary key) was sent.
+
+    A *dead* row (``dead_at`` set) is never published: its event could not be encoded for the
+    broker; ``last_error`` says why and ``body`` holds a diagnostic rendering of its payload.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -40,12 +44,18 @@ class OutboxMessage(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     sent_at = models.DateTimeField(null=True, blank=True)
+    #: ``<model label>:<primary key>``: the events of one row are published in ``id`` order.
+    event_key = models.CharField(max_length=191, blank=True, default="")
+    dead_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "dbevents_outbox"
-        indexes = [models.Index(fields=["sent_at", "id"], name="dbevents_outbox_sent_id")]
+        indexes = [
+            models.Index(fields=["sent_at", "id"], name="dbevents_outbox_sent_id"),
+            models.Index(fields=["event_key", "id"], name="dbevents_outbox_key_id"),
+        ]
         verbose_name = "outbox message"
 
     def __str__(self) -> str:
-        state = "sent" if self.sent_at else "pending"
+        state = "sent" if self.sent_at else "dead" if self.dead_at else "pending"
         return f"{self.service_name}.events/{self.routing_key} id={self.event_id} ({state})"

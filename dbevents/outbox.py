@@ -8,11 +8,14 @@
   (``FOR UPDATE SKIP LOCKED`` where the database has it; one atomic UPDATE elsewhere), lease
   them, publish, then mark them sent or schedule their next attempt with back-off. Unsent rows
   never expire.
-* :func:`cleanup` and :func:`stats` -- retention and ``dbevents_status``.
+* :func:`held_back` -- the committing process leaves an event to the relay when an earlier event
+  of the same row is still unsent, so one row's events are published in commit order.
+* :func:`cleanup` -- retention (what ``dbevents_status`` reads is in :mod:`dbevents.status`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,11 +25,11 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from dbevents import conf, sqlite_gate
@@ -39,8 +42,10 @@ logger = logging.getLogger("dbevents")
 
 TABLE = "dbevents_outbox"
 _COLUMNS = ("event_id", "transaction_id", "ordinal", "service_name", "routing_key", "body", "content_type",
-            "content_encoding", "headers", "created_at", "available_at", "lease_owner", "attempts", "last_error")
+            "content_encoding", "headers", "created_at", "available_at", "lease_owner", "attempts", "last_error",
+            "event_key", "dead_at")
 UNROUTABLE = "unroutable: "
+DEAD = "cannot be encoded: "
 
 
 def process_owner() -> str:
@@ -48,10 +53,12 @@ def process_owner() -> str:
     return f"commit:{socket.gethostname()}:{os.getpid()}"[:100]
 
 
-def store(connection: BaseDatabaseWrapper, messages: list[Message]) -> list[Message]:
-    """Write ``messages`` to the outbox inside the current transaction of ``connection`` and
-    return them with their outbox ids. Raises on failure (the caller falls back and logs)."""
-    if not messages:
+def store(connection: BaseDatabaseWrapper, messages: list[Message],
+          dead: Sequence[tuple[Message, str]] = ()) -> list[Message]:
+    """Write ``messages`` to the outbox inside the current transaction of ``connection``, leased to
+    this process, and return them with their outbox ids; ``dead`` ones (message, why) are written
+    dead, never to be published. Raises on failure (the caller falls back and logs)."""
+    if not messages and not dead:
         return []
     now = timezone.now()
     adapt = connection.ops.adapt_datetimefield_value
@@ -61,9 +68,15 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message]) -> list[Mess
     rows = [
         (m.headers[HEADER_EVENT_ID], m.headers[HEADER_TRANSACTION_ID], m.headers[HEADER_ORDINAL], m.service_name,
          m.routing_key, m.body, m.content_type, m.content_encoding, headers_json(m.headers), created, available,
-         owner, 0, "")
+         owner, 0, "", m.key, None)
         for m in messages
+    ] + [
+        (m.headers[HEADER_EVENT_ID], m.headers[HEADER_TRANSACTION_ID], m.headers[HEADER_ORDINAL], m.service_name,
+         m.routing_key, m.body, m.content_type, m.content_encoding, headers_json(m.headers), created, None,
+         None, 0, f"{DEAD}{why}"[:2000], m.key, created)
+        for m, why in dead
     ]
+    messages = [*messages, *(m for m, _ in dead)]
     if _vendor(connection).inserts_arrays():
         ids = _insert_postgresql(connection, rows)
     else:
@@ -107,7 +120,7 @@ def _insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> lis
 # of rows, with the arrays sent in binary on a server-binding cursor -- 14 parameters instead of
 # 14 per row for Django's client-side-binding cursor to quote into the query text.
 _PG_TYPES = ("text", "text", "integer", "text", "text", "bytea", "text", "text", "text", "timestamptz",
-             "timestamptz", "text", "integer", "text")
+             "timestamptz", "text", "integer", "text", "text", "timestamptz")
 _PG_INSERT = (
     f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"%b::{t}[]" for t in _PG_TYPES) + ") RETURNING id, event_id"
@@ -129,7 +142,7 @@ def _insert_postgresql(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ..
     return [by_event[row[0]] for row in rows if row[0] in by_event]
 
 
-def _model() -> Any:
+def outbox_model() -> Any:
     from dbevents.models import OutboxMessage
 
     return OutboxMessage
@@ -164,7 +177,7 @@ def mark_published(done: Sequence[Message], returned: Sequence[tuple[Message, st
 
 
 def _update(alias: str, ids: list[int], what: str, **values: Any) -> None:
-    model = _model()
+    model = outbox_model()
     try:
         _retrying(alias, lambda: [model.objects.using(alias).filter(pk__in=chunk).update(**values)
                                   for chunk in _chunks(ids)])
@@ -214,40 +227,86 @@ def _id_list(ids: Sequence[int]) -> str:
     return f"{list(ids[:50])}{'...' if len(ids) > 50 else ''}"
 
 
+def unsent() -> Q:
+    """Rows still to publish: neither sent nor dead."""
+    return Q(sent_at__isnull=True, dead_at__isnull=True)
+
+
+def _first_of_its_row() -> Q:
+    """No earlier unsent event of the same row: with any number of relays and the committing
+    processes, the events of one row go out in commit order. Safe without locks: a row only
+    stops being unsent once the broker confirmed it."""
+    from django.db.models import Exists, OuterRef
+
+    earlier = outbox_model().objects.filter(unsent(), event_key=OuterRef("event_key"), id__lt=OuterRef("id"))
+    return Q(event_key="") | Q(~Exists(earlier))
+
+
 def claim(alias: str, owner: str, limit: int) -> list[Message]:
     """Lease up to ``limit`` available rows of ``alias``'s outbox to ``owner`` (for
-    ``DBEVENTS_OUTBOX_LEASE`` seconds) and return them in ``id`` order.
+    ``DBEVENTS_OUTBOX_LEASE`` seconds) and return them in ``id`` order. A row is available when no
+    earlier event of the same row (``event_key``) is unsent, so per-row order holds.
 
     Concurrent relays never get the same row: on PostgreSQL and MariaDB 10.6+ the candidates are
     locked with ``SKIP LOCKED`` (others take the next rows instead of waiting); elsewhere the
     lease is one conditional UPDATE, which the database serializes.
     """
-    model = _model()
+    model = outbox_model()
     now = timezone.now()
     until = now + timedelta(seconds=float(conf.get("DBEVENTS_OUTBOX_LEASE")))
     token = f"{owner}:{uuid.uuid4().hex[:8]}"[-100:]
     manager = model.objects.using(alias)
-    available = Q(sent_at__isnull=True) & (Q(available_at__isnull=True) | Q(available_at__lte=now))
+    available = unsent() & (Q(available_at__isnull=True) | Q(available_at__lte=now))
+    candidates = manager.filter(available).filter(_first_of_its_row()).order_by("id")
     connection = connections[alias]
     with transaction.atomic(using=alias):
         if connection.features.has_select_for_update_skip_locked:
-            ids = list(manager.filter(available).order_by("id").select_for_update(skip_locked=True)
-                       .values_list("id", flat=True)[:limit])
+            ids = list(candidates.select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
             if not ids:
                 return []
             manager.filter(pk__in=ids).update(lease_owner=token, available_at=until)
         elif _vendor(connection).claims_by_locking:
-            ids = list(manager.filter(available).order_by("id").select_for_update()
-                       .values_list("id", flat=True)[:limit])
+            ids = list(candidates.select_for_update().values_list("id", flat=True)[:limit])
             if not ids:
                 return []
             manager.filter(pk__in=ids).filter(available).update(lease_owner=token, available_at=until)
         else:
-            candidates = manager.filter(available).order_by("id").values("id")[:limit]
-            if not manager.filter(pk__in=candidates).update(lease_owner=token, available_at=until):
+            # One statement: the database serializes it against other relays' claims.
+            if not manager.filter(pk__in=candidates.values("id")[:limit]).update(lease_owner=token,
+                                                                                 available_at=until):
                 return []
         rows = list(manager.filter(lease_owner=token, sent_at__isnull=True).order_by("id"))
     return [_message(row, alias) for row in rows]
+
+
+def held_back(messages: Sequence[Message]) -> list[Message]:
+    """The outbox messages of ``messages`` whose row has an earlier event still unsent that is
+    not among ``messages`` (left to the relay after a failure, or another process's): publishing
+    them now would overtake it. One query per database and 500 keys."""
+    out: list[Message] = []
+    by_alias: dict[str, list[Message]] = {}
+    for m in messages:
+        if m.outbox_id is not None and m.alias is not None:
+            by_alias.setdefault(m.alias, []).append(m)
+    for alias, group in by_alias.items():
+        ids = {m.outbox_id for m in group if m.outbox_id is not None}
+        earliest: dict[str, int] = _retrying(alias, functools.partial(_earliest_unsent, alias, group, ids, max(ids)))
+        out += [m for m in group if m.outbox_id is not None and earliest.get(m.key, m.outbox_id) < m.outbox_id]
+    return out
+
+
+def _earliest_unsent(alias: str, group: Sequence[Message], ours: set[int], last: int) -> dict[str, int]:
+    """Per row key of ``group``: the id of its earliest unsent event before ``last`` that is not ours."""
+    model = outbox_model()
+    keys = sorted({m.key for m in group})
+    earliest: dict[str, int] = {}
+    for start in range(0, len(keys), 500):
+        rows = (model.objects.using(alias).filter(unsent(), event_key__in=keys[start:start + 500], id__lt=last)
+                .values_list("event_key", "id"))
+        for key, i in rows:
+            if i not in ours and i < earliest.get(key, last + 1):
+                earliest[key] = i
+    return earliest
 
 
 def _message(row: Any, alias: str) -> Message:
@@ -255,15 +314,20 @@ def _message(row: Any, alias: str) -> Message:
                    json.loads(row.headers), row.id, alias)
 
 
-def release(messages: Sequence[Message], error: str) -> None:
+def release(messages: Sequence[Message], error: str, *, backoff: bool = True) -> None:
     """Give claimed rows that could not be published back, with their next attempt scheduled
     after an exponential back-off (``DBEVENTS_PUBLISH_RETRY_DELAY`` doubled per attempt, capped at
-    ``DBEVENTS_PUBLISH_RETRY_MAX_DELAY``). Nothing expires: a row is retried until it is sent."""
+    ``DBEVENTS_PUBLISH_RETRY_MAX_DELAY``). Nothing expires: a row is retried until it is sent.
+    Without ``backoff`` (rows not attempted: held back for order, a full queue, an exiting
+    process) they are available at once, and ``error`` is not recorded."""
     from django.db.models import F
 
-    model = _model()
+    model = outbox_model()
     for alias, ids in _by_alias(messages).items():
         manager = model.objects.using(alias)
+        if not backoff:
+            _retrying(alias, functools.partial(_make_available, manager, ids))
+            continue
 
         def give_back(manager: Any = manager, ids: list[int] = ids) -> None:
             attempts = dict(manager.filter(pk__in=ids).values_list("id", "attempts"))
@@ -282,10 +346,27 @@ def release(messages: Sequence[Message], error: str) -> None:
         _retrying(alias, give_back)
 
 
+def _make_available(manager: Any, ids: list[int]) -> None:
+    for chunk in _chunks(ids):
+        manager.filter(pk__in=chunk, sent_at__isnull=True).update(lease_owner=None, available_at=None)
+
+
+def release_dead_owners(alias: str, is_dead: Callable[[str], bool]) -> int:
+    """Make the rows leased by owners that ``is_dead`` says are gone (a crashed process on this
+    host) available at once instead of after their lease; returns how many."""
+    manager = outbox_model().objects.using(alias)
+    now = timezone.now()
+    leased = manager.filter(unsent(), lease_owner__isnull=False, available_at__gt=now)
+    owners = [o for o in leased.values_list("lease_owner", flat=True).distinct() if is_dead(o)]
+    if not owners:
+        return 0
+    return int(leased.filter(lease_owner__in=owners).update(lease_owner=None, available_at=None))
+
+
 def release_owner(alias: str, owner: str) -> int:
     """Make the rows still leased by ``owner`` (a relay restarted under the same worker id)
     available again at once; returns how many."""
-    return int(_model().objects.using(alias).filter(sent_at__isnull=True, lease_owner__startswith=f"{owner}:")
+    return int(outbox_model().objects.using(alias).filter(sent_at__isnull=True, lease_owner__startswith=f"{owner}:")
                .update(lease_owner=None, available_at=None))
 
 
@@ -296,7 +377,7 @@ def cleanup(alias: str, retention: float | None = None) -> int:
     retention = conf.get("DBEVENTS_OUTBOX_RETENTION") if retention is None else retention
     if retention is None:
         return 0
-    manager = _model().objects.using(alias)
+    manager = outbox_model().objects.using(alias)
     cutoff = timezone.now() - timedelta(seconds=float(retention))
     total = 0
     while True:
@@ -304,37 +385,6 @@ def cleanup(alias: str, retention: float | None = None) -> int:
         if not ids:
             return total
         total += manager.filter(pk__in=ids).delete()[0]
-
-
-def stats(alias: str) -> dict[str, Any]:
-    """What ``dbevents_status`` shows for one database (two queries)."""
-    manager = _model().objects.using(alias)
-    now = timezone.now()
-    pending = Q(sent_at__isnull=True)
-    failing = pending & Q(attempts__gt=0)
-    sent = Q(sent_at__isnull=False)
-    counts = manager.aggregate(
-        pending=Count("id", filter=pending),
-        oldest=Min("created_at", filter=pending),
-        leased=Count("id", filter=pending & Q(available_at__gt=now, lease_owner__isnull=False)),
-        retrying=Count("id", filter=failing),
-        max_attempts=Max("attempts", filter=failing),
-        unroutable=Count("id", filter=sent & Q(last_error__startswith=UNROUTABLE)),
-        sent=Count("id", filter=sent),
-    )
-    oldest: datetime | None = counts.pop("oldest")
-    last = manager.filter(failing).order_by("-id").values_list("last_error", flat=True).first()
-    return {
-        "alias": alias,
-        "pending": counts["pending"],
-        "oldest_pending_age": (now - oldest).total_seconds() if oldest else None,
-        "leased": counts["leased"],
-        "retrying": counts["retrying"],
-        "max_attempts": counts["max_attempts"] or 0,
-        "last_error": last or "",
-        "unroutable": counts["unroutable"],
-        "sent": counts["sent"],
-    }
 
 
 def _vendor(connection: Any) -> Any:

@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import Sequence
 
 from dbevents import conf, outbox, runtime
-from dbevents.events import Committed, Event, Message, describe_events, encode
-from dbevents.transport import PublishResult, Sender
+from dbevents.events import Committed, Message, describe_events, encode_each
+from dbevents.transport import PublishResult, Sender, describe_error
 
 logger = logging.getLogger("dbevents")
 
@@ -58,27 +58,40 @@ class Publisher:
         self._current: list[Committed] = []   # the batches being published
         self._release = False
         self._stopping = False
+        self._to_release: list[Message] = []   # outbox rows to hand to the relay (queue full)
 
     def submit(self, batch: Committed) -> None:
-        """Queue a committed transaction's events; returns at once."""
+        """Queue a committed transaction's events; returns at once. A transaction is taken
+        whatever its size when nothing else waits (it is in memory already; the thread publishes
+        it in chunks of ``DBEVENTS_PUBLISH_BATCH_SIZE``); beyond ``DBEVENTS_QUEUE_SIZE`` queued
+        events, outbox rows are handed to the relay and direct events are logged as lost."""
         with self._cond:
             limit = conf.get("DBEVENTS_QUEUE_SIZE")
-            if self._queued + len(batch) > limit:
-                self._give_up(batch.messages, batch.events, f"the publish queue is full ({self._queued} events, "
-                              f"DBEVENTS_QUEUE_SIZE={limit})")
+            if self._queue and self._queued + len(batch) > limit:
+                why = f"the publish queue is full ({self._queued} events, DBEVENTS_QUEUE_SIZE={limit})"
+                if batch.messages is not None:
+                    logger.warning("dbevents: %s; %d event(s) are left to dbevents_relay: %s", why, len(batch),
+                                   batch.describe())
+                    self._to_release.extend(batch.messages)
+                    self._wake()
+                else:
+                    logger.error("dbevents: %s; %d event(s) lost: %s", why, len(batch), batch.describe())
                 return
             self._queue.append(batch)
             self._queued += len(batch)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="dbevents-publisher", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="dbevents-publisher", daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued event was published or given up on; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy:
+            while self._queue or self._busy or self._to_release:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -105,7 +118,7 @@ class Publisher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue:
+                while not self._queue and not self._to_release:
                     if self._release:
                         _close_db_connections()
                         self._release = False
@@ -117,19 +130,19 @@ class Publisher:
                         # would outlive the request cycle that closes the others (and block
                         # dropping a test database).
                         _close_db_connections()
-                taken: list[Committed] = []
-                size = 0
-                limit = max(1, int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE")))
-                while self._queue and (not taken or size + len(self._queue[0]) <= limit):
-                    taken.append(self._queue.popleft())
-                    size += len(taken[-1])
+                to_release, self._to_release = self._to_release, []
+                taken = self._take(int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE")))
+                size = sum(len(b) for b in taken)
                 self._current = taken
                 self._busy = True
             try:
-                self._deliver(taken)
+                if to_release:
+                    self._hand_to_relay(to_release, "the publish queue was full", backoff=False)
+                if taken:
+                    self._deliver(taken)
             except Exception:  # never let the thread die: later batches still need it
                 logger.exception("dbevents: the publisher failed on %d event(s): %s", size,
-                                 "; ".join(b.describe() for b in taken))
+                                 describe_events([m for b in taken for m in (b.messages or b.events)]))
             finally:
                 with self._cond:
                     self._queued -= size
@@ -137,19 +150,49 @@ class Publisher:
                     self._busy = False
                     self._cond.notify_all()
 
+    def _take(self, limit: int) -> list[Committed]:
+        """Queued batches up to ``limit`` events, a larger transaction split in chunks of it."""
+        taken: list[Committed] = []
+        size = 0
+        queue = self._queue
+        while queue and size < limit:
+            batch = queue[0]
+            room = limit - size
+            if len(batch) > room:
+                if taken:
+                    break
+                queue[0] = _rest(batch, room)
+                batch = _head(batch, room)
+            else:
+                queue.popleft()
+            taken.append(batch)
+            size += len(batch)
+        return taken
+
     def _deliver(self, batches: list[Committed]) -> None:
         """Publish ``batches``: retry what is not confirmed, then give it up (direct) or leave it
-        to the relay (outbox); mark what went out."""
+        to the relay (outbox); mark what went out. An event whose row has an earlier event still
+        unsent (left to the relay) is left to the relay too, which publishes them in order."""
         messages: list[Message] = []
         for batch in batches:
             if batch.messages is not None:
                 messages.extend(batch.messages)
                 continue
-            try:
-                messages.extend(encode(batch.events, alias=batch.alias))
-            except Exception:
-                logger.exception("dbevents: the events of a transaction cannot be serialized for the broker; "
-                                 "events lost: %s", describe_events(batch.events))
+            encoded, unencodable = encode_each(batch.events, alias=batch.alias)
+            messages.extend(encoded)
+            for u in unencodable[:10]:
+                logger.error("dbevents: event %s cannot be encoded for the broker: %s; it is lost (direct "
+                             "delivery)", u.event.describe(), u.why)
+            if len(unencodable) > 10:
+                logger.error("dbevents: %d more event(s) cannot be encoded for the broker and are lost: %s",
+                             len(unencodable) - 10, describe_events([u.event for u in unencodable[10:]]))
+        held = self._held_back(messages)
+        if held:
+            logger.info("dbevents: %d event(s) wait for earlier events of the same rows, which dbevents_relay "
+                        "publishes first: %s", len(held), describe_events(held))
+            self._hand_to_relay(held, "an earlier event of the same row was unsent", backoff=False)
+            kept = {id(m) for m in held}
+            messages = [m for m in messages if id(m) not in kept]
         pending = messages
         attempts = max(1, int(conf.get("DBEVENTS_PUBLISH_RETRIES")))
         delay = float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY"))
@@ -159,14 +202,13 @@ class Publisher:
             result = self._publish(pending)
             done.extend(result.confirmed)
             returned.extend(result.returned)
+            self._reject(result.rejected)
             pending = result.failed
             if not pending:
                 break
-            exc = result.error
-            why = f"{type(exc).__name__}: {exc}" if exc is not None else "not confirmed"
+            why = conf.redact(describe_error(result.error))
             if attempt == attempts or self._stopping:
-                self._give_up(pending, [], f"publishing failed after {attempt} attempt(s) ({why})", exc)
-                self._hand_to_relay(pending, why)
+                self._give_up(pending, f"publishing failed after {attempt} attempt(s)", why)
                 break
             logger.warning(
                 "dbevents: %d of %d event(s) not confirmed by the broker (attempt %d of %d, %s); retrying in %.1fs",
@@ -178,30 +220,60 @@ class Publisher:
             logger.debug("dbevents: published %d event(s)", len(done))
         after_publish(done, returned)
 
-    def _hand_to_relay(self, messages: list[Message], why: str) -> None:
-        """End this process's lease on outbox rows it could not publish, so that a relay takes
-        them at their next back-off instead of after DBEVENTS_OUTBOX_LEASE."""
+    def _held_back(self, messages: list[Message]) -> list[Message]:
+        """The outbox messages of ``messages`` that an earlier unsent event of their row precedes."""
+        if not any(m.outbox_id is not None for m in messages):
+            return []
+        try:
+            return outbox.held_back(messages)
+        except Exception:
+            logger.exception("dbevents: could not check the outbox for earlier unsent events of %d event(s); "
+                             "they are published now, possibly before an earlier event of the same row",
+                             len(messages))
+            return []
+
+    def _reject(self, rejected: Sequence[tuple[Message, str]]) -> None:
+        """Messages the broker cannot take as they are (their exchange cannot be declared): not
+        retried here, where they would hold up every other event; the relay retries them with
+        back-off, and what is unroutable or undeliverable on its own costs only itself."""
+        by_reason: dict[str, list[Message]] = {}
+        for message, reason in rejected:
+            by_reason.setdefault(conf.redact(reason), []).append(message)
+        for reason, messages in by_reason.items():
+            lost = [m for m in messages if m.outbox_id is None]
+            if lost:
+                logger.error("dbevents: %s; %d event(s) lost: %s", reason, len(lost), describe_events(lost))
+            kept = [m for m in messages if m.outbox_id is not None]
+            if kept:
+                logger.error("dbevents: %s; %d event(s) stay in the outbox, retried by dbevents_relay with "
+                             "back-off: %s", reason, len(kept), describe_events(kept))
+                self._hand_to_relay(kept, reason)
+
+    def _hand_to_relay(self, messages: list[Message], why: str, *, backoff: bool = True) -> None:
+        """End this process's lease on outbox rows it does not publish, so that a relay takes
+        them at once (or at their next back-off) instead of after DBEVENTS_OUTBOX_LEASE."""
         in_outbox = [m for m in messages if m.outbox_id is not None]
         if not in_outbox:
             return
         try:
-            outbox.release(in_outbox, why)
+            outbox.release(in_outbox, why, backoff=backoff)
         except Exception:
             logger.exception("dbevents: could not hand %d outbox row(s) to the relay; it takes them when "
-                             "their lease (DBEVENTS_OUTBOX_LEASE) ends", len(in_outbox))
+                             "their lease (DBEVENTS_OUTBOX_LEASE) ends: %s", len(in_outbox),
+                             describe_events(in_outbox))
 
-    def _give_up(self, messages: list[Message] | None, events: list[Event], why: str,
-                 exc: BaseException | None = None) -> None:
-        in_outbox = [m for m in messages or () if m.outbox_id is not None]
-        lost = [m.describe() for m in messages or () if m.outbox_id is None] + [e.describe() for e in events]
+    def _give_up(self, messages: list[Message], what: str, error: str) -> None:
+        """Unpublished after every attempt: outbox rows go to the relay (one WARNING; ``error``
+        becomes their ``last_error``), the rest is lost (one ERROR naming the first ids and the count)."""
+        in_outbox = [m for m in messages if m.outbox_id is not None]
+        lost = [m for m in messages if m.outbox_id is None]
         if in_outbox:
-            # Not lost: the rows say which; the log names the first ones.
-            more = f" ... and {len(in_outbox) - 50} more" if len(in_outbox) > 50 else ""
-            logger.warning("dbevents: %s; %d event(s) stay in the outbox for dbevents_relay: %s%s",
-                           why, len(in_outbox), ", ".join(m.describe() for m in in_outbox[:50]), more)
+            logger.warning("dbevents: %s (%s); %d event(s) stay in the outbox for dbevents_relay: %s",
+                           what, error, len(in_outbox), describe_events(in_outbox))
+            self._hand_to_relay(in_outbox, error)
         if lost:
-            logger.error("dbevents: %s; events lost: %s", why, ", ".join(lost),
-                         exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+            # ``error`` names the broker's error (redacted): its traceback could carry the URI.
+            logger.error("dbevents: %s (%s); %d event(s) lost: %s", what, error, len(lost), describe_events(lost))
 
     def _publish(self, messages: list[Message]) -> PublishResult:
         if self._stale:
@@ -210,28 +282,51 @@ class Publisher:
         return self._sender.publish(messages)
 
     def shutdown(self) -> None:
-        """At interpreter exit: give queued events DBEVENTS_SHUTDOWN_TIMEOUT to go out, then
-        log the ids of those that did not."""
+        """At interpreter exit: give queued events DBEVENTS_SHUTDOWN_TIMEOUT to go out; then hand
+        the outbox rows of what is still queued to the relay at once (one WARNING), and log the
+        ids of direct events that are lost (one ERROR)."""
         if not self.wait(conf.get("DBEVENTS_SHUTDOWN_TIMEOUT")):
-            self._stopping = True
+            self._stopping = True   # the batch in hand gives up after its current attempt
             with self._cond:
+                # The batch in hand too: were it confirmed meanwhile, the relay would publish it
+                # again (a duplicate, never a loss), instead of its rows waiting for their lease.
                 left = list(self._current) + list(self._queue)
-            count = sum(len(b) for b in left)
-            for batch in left:
-                self._give_up(batch.messages, batch.events if batch.messages is None else [],
-                              f"exiting with {count} unpublished event(s)")
+                self._queue.clear()
+                self._queued = sum(len(b) for b in self._current)
+            messages = [m for b in left for m in b.messages or ()]
+            events = [e for b in left if b.messages is None for e in b.events]
+            why = f"exiting with {len(messages) + len(events)} unpublished event(s)"
+            if messages:
+                logger.warning("dbevents: %s; %d event(s) are handed to dbevents_relay: %s", why,
+                               len(messages), describe_events(messages))
+                self._hand_to_relay(messages, "the process exited before publishing them", backoff=False)
+            if events:
+                logger.error("dbevents: %s; %d event(s) lost (direct delivery): %s", why, len(events),
+                             describe_events(events))
         self.release_connections(2.0)
+
+
+def _head(batch: Committed, size: int) -> Committed:
+    if batch.messages is not None:
+        return Committed([], batch.alias, batch.messages[:size])
+    return Committed(batch.events[:size], batch.alias)
+
+
+def _rest(batch: Committed, size: int) -> Committed:
+    if batch.messages is not None:
+        return Committed([], batch.alias, batch.messages[size:])
+    return Committed(batch.events[size:], batch.alias)
 
 
 def log_returned(returned: Sequence[tuple[Message, str]]) -> None:
     """One ERROR per reason: the broker returned these messages as unroutable."""
-    by_reason: dict[str, list[str]] = {}
+    by_reason: dict[str, list[Message]] = {}
     for message, reason in returned:
-        by_reason.setdefault(reason, []).append(message.describe())
-    for reason, ids in by_reason.items():
+        by_reason.setdefault(reason, []).append(message)
+    for reason, messages in by_reason.items():
         logger.error("dbevents: the broker returned %d event(s) as unroutable (%s); nobody received: %s "
-                     "(bind a queue first, or set DBEVENTS_PUBLISH_MANDATORY = False)", len(ids), reason,
-                     ", ".join(ids))
+                     "(bind a queue first, or set DBEVENTS_PUBLISH_MANDATORY = False)", len(messages), reason,
+                     describe_events(messages))
 
 
 def _holds_db_connections() -> bool:

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 from django.db import connections, router
 
-from dbevents import outbox
+from dbevents import conf, outbox, status
+from dbevents.events import describe_events
 from dbevents.publisher import after_publish
-from dbevents.transport import PublishResult, Sender
+from dbevents.transport import PublishResult, Sender, describe_error
 
 logger = logging.getLogger("dbevents")
 
@@ -50,6 +51,28 @@ def default_worker_id() -> str:
     return f"relay:{socket.gethostname()}:{os.getpid()}"
 
 
+def owner_is_dead(owner: str) -> bool:
+    """Whether the lease owner ``owner`` (``commit:<host>:<pid>`` or ``relay:<host>:<pid>:...``)
+    is a process of this host that no longer exists. Unknown owners, other hosts and processes
+    we may not signal count as alive: their rows wait for their lease."""
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] not in ("commit", "relay") or parts[1] != socket.gethostname():
+        return False
+    try:
+        pid = int(parts[2])
+    except ValueError:
+        return False
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:   # EPERM: it exists, under another user
+        return False
+    return False
+
+
 class Relay:
     """Publishes available outbox rows of ``aliases`` until :meth:`stop` is called.
 
@@ -67,17 +90,24 @@ class Relay:
         self.idle = idle
         self.cleanup_interval = cleanup_interval
         self.published = 0
+        self.returned = 0
         self.failed = 0
+        #: Rows pending and not leased when a ``run(once=True)`` ended: it could not publish them.
+        self.left = 0
         self._stop = threading.Event()
         self._sender = Sender()
         self._last_cleanup = 0.0
+        self._last_reclaim = 0.0
+        self._failing = 0   # consecutive publish attempts that published nothing
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from :meth:`run` (safe from a signal handler)."""
         self._stop.set()
 
     def run(self, *, once: bool = False) -> None:
-        """Relay until stopped; with ``once``, until the outboxes have nothing available."""
+        """Relay until stopped. With ``once``: until no row is pending, waiting for rows in
+        back-off; it gives up after ``DBEVENTS_PUBLISH_RETRIES`` failed attempts in a row and
+        leaves the count of rows still pending in :attr:`left`."""
         if self.explicit_id:
             for alias in self.aliases:
                 taken = outbox.release_owner(alias, self.worker_id)
@@ -86,15 +116,46 @@ class Relay:
                                 self.worker_id, taken, alias)
         try:
             while not self._stop.is_set():
+                self._maybe_reclaim()
                 handled = sum(self.relay_once(alias) for alias in self.aliases)
                 self._maybe_cleanup()
-                if handled:
+                if handled and not (once and self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES"))):
                     continue
                 if once:
-                    break
+                    wait = self._backoff_wait()
+                    if wait is None or self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES")):
+                        # What is leased is in a live publisher's hands; the rest this run failed on.
+                        self.left = sum(s["pending"] - s["leased"] for s in map(status.stats, self.aliases))
+                        break
+                    self._stop.wait(wait)
+                    continue
                 self._stop.wait(self.idle)
         finally:
             self.close()
+
+    def _backoff_wait(self) -> float | None:
+        """Seconds until the next row in back-off is due, or None when none waits (only rows
+        leased by live publishers may be left: they publish them)."""
+        waits = [s["next_attempt_in"] for s in map(status.stats, self.aliases) if s["next_attempt_in"] is not None]
+        return min(waits) + 0.05 if waits else None
+
+    def _maybe_reclaim(self) -> None:
+        """Every few seconds, take at once the rows leased by processes of this host that died
+        (a crashed web worker, a killed relay) instead of waiting for their lease."""
+        now = time.monotonic()
+        if now - self._last_reclaim < min(5.0, float(conf.get("DBEVENTS_OUTBOX_LEASE")) / 4):
+            return
+        self._last_reclaim = now
+        for alias in self.aliases:
+            try:
+                taken = outbox.release_dead_owners(alias, owner_is_dead)
+            except Exception:
+                logger.exception("dbevents relay %s: cannot look for rows of crashed processes in the outbox "
+                                 "of %r", self.worker_id, alias)
+                continue
+            if taken:
+                logger.info("dbevents relay %s: took %d row(s) leased by processes of this host that no longer "
+                            "exist on %r", self.worker_id, taken, alias)
 
     def relay_once(self, alias: str) -> int:
         """Claim one batch on ``alias`` and publish it; returns how many rows it handled.
@@ -117,14 +178,24 @@ class Relay:
             after_publish(result.confirmed, result.returned)
         finally:
             self.published += len(result.confirmed)
+            self.returned += len(result.returned)
+            went_out = bool(result.confirmed or result.returned)
+            self._failing = 0 if went_out else self._failing + 1
             if result.failed:
                 self.failed += len(result.failed)
-                exc = result.error
-                why = f"{type(exc).__name__}: {exc}" if exc is not None else "not confirmed"
+                why = describe_error(result.error)
                 logger.warning("dbevents relay %s: %d event(s) not confirmed by the broker (%s); they will be "
                                "retried with back-off: %s", self.worker_id, len(result.failed), why,
-                               ", ".join(m.describe() for m in result.failed[:50]))
+                               describe_events(result.failed))
                 outbox.release(result.failed, why)
+            by_reason: dict[str, list] = {}
+            for message, reason in result.rejected:
+                by_reason.setdefault(conf.redact(reason), []).append(message)
+            for reason, messages in by_reason.items():
+                self.failed += len(messages)
+                logger.error("dbevents relay %s: %s; %d event(s) will be retried with back-off (the others "
+                             "are not held up): %s", self.worker_id, reason, len(messages), describe_events(messages))
+                outbox.release(messages, reason)
         if result.confirmed:
             logger.info("dbevents relay %s: published %d event(s)", self.worker_id, len(result.confirmed))
 

@@ -1,6 +1,6 @@
 """The transport seam: what puts a batch of encoded messages on the broker (:class:`Transport`,
 :class:`PublishResult`), the default :class:`NamekoTransport` -- nameko's wire format over one
-long-lived AMQP connection with publisher confirms -- with its AMQP framing, and the
+long-lived AMQP connection with publisher confirms (framing in :mod:`dbevents.framing`) -- and the
 :class:`Sender` the publisher thread and the relay publish through.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import struct
 import time
 import warnings
 from collections.abc import Sequence
@@ -17,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.utils.module_loading import import_string
 
-from dbevents import conf
+from dbevents import conf, framing
 from dbevents.events import HEADER_EVENT_ID, Message, encode, headers_json
+from dbevents.framing import encode_publish
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -36,6 +36,17 @@ class PublishResult:
     returned: list[tuple[Message, str]] = field(default_factory=list)
     failed: list[Message] = field(default_factory=list)
     error: BaseException | None = None
+    #: Not published, for a reason of their own that a retry of the batch would not fix (their
+    #: exchange cannot be declared): the other messages of the batch went out regardless.
+    rejected: list[tuple[Message, str]] = field(default_factory=list)
+
+
+def describe_error(exc: BaseException | None) -> str:
+    """``"<type>: <message>"`` of a broker error for log lines and the outbox's ``last_error``,
+    with every fragment of the configured AMQP URI taken out."""
+    if exc is None:
+        return "not confirmed"
+    return conf.redact(f"{type(exc).__name__}: {exc}")
 
 
 class Transport(Protocol):
@@ -68,6 +79,9 @@ class NamekoTransport:
         self.uri = self.config.get("AMQP_URI")
         if not self.uri:
             raise RuntimeError("dbevents: no AMQP_URI in NAMEKO_CONFIG nor in settings (see check dbevents.E007)")
+        problem = conf.uri_problem(self.uri)
+        if problem:
+            raise RuntimeError(f"dbevents: {problem}")
         self.connection: Connection | None = None
         self.channel: Any = None
         self.confirms = False
@@ -86,6 +100,11 @@ class NamekoTransport:
 
         timeout = float(conf.get("DBEVENTS_CONNECT_TIMEOUT"))
         confirm_timeout = float(conf.get("DBEVENTS_CONFIRM_TIMEOUT"))
+        options: dict[str, Any] = {"confirm_publish": False, "read_timeout": confirm_timeout,
+                                   "write_timeout": confirm_timeout}
+        socket_settings = _socket_settings(confirm_timeout)
+        if socket_settings:
+            options["socket_settings"] = socket_settings
         connection = Connection(
             self.uri,
             ssl=self.config.get("AMQP_SSL"),
@@ -96,43 +115,72 @@ class NamekoTransport:
             heartbeat=0,
             # py-amqp: waits for each confirm when True -- we pipeline them ourselves; a stalled
             # socket raises instead of hanging the publisher thread.
-            transport_options={"confirm_publish": False, "read_timeout": confirm_timeout,
-                               "write_timeout": confirm_timeout},
+            transport_options=options,
         )
         try:
             # One attempt: retrying (with back-off and logging) is the caller's job.
             connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
-            channel = connection.channel()
-            self.confirms = hasattr(channel, "confirm_select")
-            if self.confirms:
-                channel.confirm_select()
-                channel.events["basic_ack"].add(self._on_ack)
-                channel.events["basic_nack"].add(self._on_nack)
-            if hasattr(channel, "events"):
-                channel.events["basic_return"].add(self._on_return)
+            self.connection = connection
+            self._open_channel()
         except BaseException:
-            _close_quietly(connection)
+            self.connection = None
+            _abandon(connection)
             raise
-        self.connection, self.channel = connection, channel
         self._declared.clear()
+        # No URI here, not even masked: log lines never carry a fragment of it.
+        logger.debug("dbevents: connected to the broker")
+
+    def _open_channel(self) -> None:
+        """A channel with publisher confirms and returns (again after the broker closed one)."""
+        assert self.connection is not None
+        channel = self.connection.channel()
+        self.confirms = hasattr(channel, "confirm_select")
+        if self.confirms:
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+        if hasattr(channel, "events"):
+            channel.events["basic_return"].add(self._on_return)
+        self.channel = channel
         self._tag = 0
-        logger.debug("dbevents: connected to %s", connection.as_uri())
 
     def close(self) -> None:
         connection, self.connection, self.channel = self.connection, None, None
         if connection is not None:
             _close_quietly(connection)
 
-    def _exchange(self, service_name: str) -> str:
-        exchange = self._exchanges.get(service_name)
-        if exchange is None:
-            from nameko.standalone.events import get_event_exchange
+    def _abandon(self) -> None:
+        """Drop a connection that failed, without the closing handshake a stalled broker would
+        make us wait another read timeout for."""
+        connection, self.connection, self.channel = self.connection, None, None
+        if connection is not None:
+            _abandon(connection)
 
-            exchange = self._exchanges[service_name] = get_event_exchange(service_name, self.config)
-        if exchange.name not in self._declared:
-            exchange(self.channel).declare()   # a no-op when DECLARE_EVENT_EXCHANGES is False
-            self._declared.add(exchange.name)
-        return str(exchange.name)
+    def _declare(self, services: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """The exchange of each service, declared once per connection; and the services whose
+        exchange cannot be declared (e.g. PRECONDITION_FAILED: declared elsewhere with other
+        arguments), with the broker's reason. The broker closes the channel on such an error:
+        a new one is opened, so the other exchanges' messages still go out."""
+        from amqp.exceptions import ChannelError
+        from nameko.standalone.events import get_event_exchange
+
+        names: dict[str, str] = {}
+        rejected: dict[str, str] = {}
+        for service in services:
+            exchange = self._exchanges.get(service)
+            if exchange is None:
+                exchange = self._exchanges[service] = get_event_exchange(service, self.config)
+            if exchange.name not in self._declared:
+                try:
+                    exchange(self.channel).declare()   # a no-op when DECLARE_EVENT_EXCHANGES is False
+                except ChannelError as exc:
+                    rejected[service] = (f"the exchange {exchange.name!r} cannot be declared "
+                                         f"({type(exc).__name__}: {getattr(exc, 'reply_text', exc)})")
+                    self._open_channel()
+                    continue
+                self._declared.add(exchange.name)
+            names[service] = str(exchange.name)
+        return names, rejected
 
     # ------------------------------------------------------------------ confirms
 
@@ -166,38 +214,27 @@ class NamekoTransport:
     # ------------------------------------------------------------------ publishing
 
     def publish(self, messages: Sequence[Message]) -> PublishResult:
-        """Publish ``messages`` in order, then wait for all their confirms at once."""
+        """Publish ``messages`` in order, at most ``DBEVENTS_MAX_IN_FLIGHT`` unconfirmed at a time,
+        and wait for their confirms."""
         result = PublishResult()
         self._outstanding.clear()
         self._acked.clear()
         self._nacked.clear()
         self._returned.clear()
+        rejected: dict[str, str] = {}
         try:
             if self.connection is None:
                 self._connect()
+            exchanges, rejected = self._declare(list(dict.fromkeys(m.service_name for m in messages)))
             mandatory = bool(conf.get("DBEVENTS_PUBLISH_MANDATORY"))
-            channel = self.channel
             if self.confirms:
-                # AMQP 0-9-1 over py-amqp: frames encoded here, many messages per socket write.
-                write = self.connection.connection.transport.write  # type: ignore[union-attr]
-                frame_max = int(self.connection.connection.frame_max)  # type: ignore[union-attr]
-                pending: list[bytes] = []
-                size = 0
-                for index, message in enumerate(messages):
-                    exchange = self._exchange(message.service_name)
-                    frames = encode_publish(channel.channel_id, exchange, message, mandatory, frame_max)
-                    pending.append(frames)
-                    size += len(frames)
-                    self._tag += 1
-                    self._outstanding[self._tag] = index
-                    if size >= _WRITE_CHUNK:
-                        write(b"".join(pending))
-                        pending, size = [], 0
-                if pending:
-                    write(b"".join(pending))
+                self._publish_pipelined(messages, exchanges, mandatory)
             else:
+                channel = self.channel
                 for index, message in enumerate(messages):
-                    exchange = self._exchange(message.service_name)
+                    exchange = exchanges.get(message.service_name)
+                    if exchange is None:
+                        continue
                     amqp_message = channel.prepare_message(
                         message.body, 0, message.content_type, message.content_encoding,
                         message.headers, {"delivery_mode": 2},
@@ -205,13 +242,14 @@ class NamekoTransport:
                     channel.basic_publish(amqp_message, exchange=exchange, routing_key=message.routing_key,
                                           mandatory=mandatory)
                     self._acked.add(index)
-            self._wait_for_confirms()
         except Exception as exc:  # the connection is unusable: what is unconfirmed has failed
             result.error = exc
-            self.close()
+            self._abandon()
         for index, message in enumerate(messages):
             reason = self._returned.get(message.event_id)
-            if reason is not None:   # it reached the broker, which had nowhere to route it
+            if message.service_name in rejected:
+                result.rejected.append((message, rejected[message.service_name]))
+            elif reason is not None:   # it reached the broker, which had nowhere to route it
                 result.returned.append((message, reason))
             elif index in self._acked:
                 result.confirmed.append(message)
@@ -222,90 +260,75 @@ class NamekoTransport:
         self._outstanding.clear()
         return result
 
-    def _wait_for_confirms(self) -> None:
-        if not self._outstanding:
-            return
+    def _publish_pipelined(self, messages: Sequence[Message], exchanges: dict[str, str], mandatory: bool) -> None:
+        """AMQP 0-9-1 over py-amqp: frames encoded here, many messages per socket write, and no
+        more than ``DBEVENTS_MAX_IN_FLIGHT`` unconfirmed: beyond it a slow broker's TCP
+        back-pressure would only pile up data that a broken connection makes us publish again."""
         assert self.connection is not None
-        deadline = time.monotonic() + float(conf.get("DBEVENTS_CONFIRM_TIMEOUT"))
-        while self._outstanding:
+        write = self.connection.connection.transport.write  # type: ignore[attr-defined]
+        frame_max = int(self.connection.connection.frame_max)  # type: ignore[attr-defined]
+        channel_id = self.channel.channel_id
+        in_flight = int(conf.get("DBEVENTS_MAX_IN_FLIGHT"))
+        pending: list[bytes] = []
+        size = 0
+        for index, message in enumerate(messages):
+            exchange = exchanges.get(message.service_name)
+            if exchange is None:
+                continue
+            frames = framing.encode_publish(channel_id, exchange, message, mandatory, frame_max)
+            pending.append(frames)
+            size += len(frames)
+            self._tag += 1
+            self._outstanding[self._tag] = index
+            if size >= framing.WRITE_CHUNK or len(self._outstanding) >= in_flight:
+                write(b"".join(pending))
+                pending, size = [], 0
+                if len(self._outstanding) >= in_flight:
+                    self._wait_for_confirms(down_to=in_flight // 2)
+        if pending:
+            write(b"".join(pending))
+        self._wait_for_confirms()
+
+    def _wait_for_confirms(self, down_to: int = 0) -> None:
+        """Read confirms until at most ``down_to`` are outstanding. Raises TimeoutError when none
+        arrives for ``DBEVENTS_CONFIRM_TIMEOUT`` seconds."""
+        assert self.connection is not None
+        timeout = float(conf.get("DBEVENTS_CONFIRM_TIMEOUT"))
+        deadline = time.monotonic() + timeout
+        while len(self._outstanding) > down_to:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(
-                    f"the broker did not confirm {len(self._outstanding)} message(s) within "
-                    f"DBEVENTS_CONFIRM_TIMEOUT={conf.get('DBEVENTS_CONFIRM_TIMEOUT')}s"
-                )
+                raise TimeoutError(f"the broker confirmed none of {len(self._outstanding)} outstanding "
+                                   f"message(s) for {timeout:g}s (DBEVENTS_CONFIRM_TIMEOUT)")
+            before = len(self._outstanding)
             try:
                 self.connection.drain_events(timeout=remaining)
             except TimeoutError:
                 continue  # the deadline check above raises
+            if len(self._outstanding) < before:
+                deadline = time.monotonic() + timeout
 
 
-_WRITE_CHUNK = 256 * 1024
-_PUBLISH_METHOD = struct.pack(">HHH", 60, 40, 0)   # basic.publish, reserved-1
-_PROPERTY_FLAGS = struct.pack(">H", 0xF800)        # content-type/-encoding, headers, delivery-mode, priority
+def _socket_settings(confirm_timeout: float) -> dict[int, int]:
+    """TCP options for the broker connection: ``TCP_USER_TIMEOUT`` from
+    ``DBEVENTS_TCP_USER_TIMEOUT`` (default: the confirm timeout) instead of py-amqp's 1 s,
+    which drops the connection whenever a slow broker's TCP back-pressure lasts a second."""
+    import socket
+
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:   # not Linux
+        return {}
+    value = conf.get("DBEVENTS_TCP_USER_TIMEOUT")
+    seconds = confirm_timeout if value is None else float(value)
+    return {option: int(seconds * 1000)}
 
 
-def encode_publish(channel_id: int, exchange: str, message: Message, mandatory: bool, frame_max: int) -> bytes:
-    """The AMQP 0-9-1 frames of ``basic.publish`` for ``message``: byte for byte what py-amqp
-    writes for the message kombu's ``Producer.publish`` builds (properties content_type,
-    content_encoding, headers, delivery_mode 2, priority 0), without building objects per
-    message. ``tests/test_transport.py`` compares the two."""
-    pack = struct.pack
-    ex = exchange.encode()
-    rk = message.routing_key.encode()
-    method = b"".join((_PUBLISH_METHOD, pack("B", len(ex)), ex, pack("B", len(rk)), rk, b"\x01" if mandatory else b"\x00"))
-    ct = message.content_type.encode()
-    ce = message.content_encoding.encode()
-    body = message.body
-    header = b"".join((pack(">HHQ", 60, 0, len(body)), _PROPERTY_FLAGS, pack("B", len(ct)), ct, pack("B", len(ce)), ce,
-                       _table(message.headers), b"\x02\x00"))
-    out = [pack(">BHI", 1, channel_id, len(method)), method, b"\xce",
-           pack(">BHI", 2, channel_id, len(header)), header, b"\xce"]
-    chunk = frame_max - 8
-    for start in range(0, len(body), chunk):
-        part = body[start:start + chunk]
-        out += [pack(">BHI", 3, channel_id, len(part)), part, b"\xce"]
-    return b"".join(out)
-
-
-_ITEM_CACHE: dict[tuple[str, Any], bytes] = {}
-
-
-def _table(headers: dict[str, Any]) -> bytes:
-    """An AMQP field table, encoded as py-amqp encodes it (strings 'S', ints 'I'/'L', bools
-    't'); other value types go through py-amqp itself. Most headers repeat from message to
-    message (model, action, transaction): their encodings are remembered."""
-    parts = []
-    cache = _ITEM_CACHE
-    for item in headers.items():
-        encoded = cache.get(item)
-        if encoded is None:
-            encoded = _item(*item)
-            if encoded is None:
-                from amqp.serialization import dumps
-
-                return bytes(dumps("F", [headers]))
-            if item[0] != HEADER_EVENT_ID:
-                if len(cache) > 4096:
-                    cache.clear()
-                cache[item] = encoded
-        parts.append(encoded)
-    data = b"".join(parts)
-    return struct.pack(">I", len(data)) + data
-
-
-def _item(key: str, value: Any) -> bytes | None:
-    pack = struct.pack
-    k = key.encode("utf-8", "surrogatepass")
-    k = pack("B", len(k)) + k
-    if isinstance(value, str):
-        v = value.encode("utf-8", "surrogatepass")
-        return k + pack(">cI", b"S", len(v)) + v
-    if isinstance(value, bool):
-        return k + pack(">cB", b"t", int(value))
-    if isinstance(value, int):
-        return k + (pack(">cq", b"L", value) if value > 2147483647 or value < -2147483647 else pack(">ci", b"I", value))
-    return None
+def _abandon(connection: Any) -> None:
+    """Release a broken broker connection's socket without a closing handshake."""
+    try:
+        connection.collect()
+    except Exception as exc:
+        logger.debug("dbevents: releasing a broken broker connection: %s", describe_error(exc))
 
 
 def _close_quietly(connection: Any) -> None:
@@ -313,11 +336,11 @@ def _close_quietly(connection: Any) -> None:
     try:
         connection.close()
     except Exception as exc:  # already broken: nothing left to release but the socket
-        logger.debug("dbevents: closing a broken broker connection: %s: %s", type(exc).__name__, exc)
+        logger.debug("dbevents: closing a broken broker connection: %s", describe_error(exc))
         try:
             connection.collect()
         except Exception as again:
-            logger.debug("dbevents: releasing a broken broker connection: %s", again)
+            logger.debug("dbevents: releasing a broken broker connection: %s", describe_error(again))
 
 
 class Sender:
@@ -349,8 +372,8 @@ class Sender:
 
 # Moved to dbevents.publisher (and dbevents.events); the old names work for one release.
 _MOVED = {"wait": "dbevents.publisher", "publishing": "dbevents.publisher"}
-__all__ = ["Message", "NamekoTransport", "PublishResult", "Sender", "Transport", "encode", "encode_publish",
-           "headers_json"]
+__all__ = ["Message", "NamekoTransport", "PublishResult", "Sender", "Transport", "describe_error", "encode",
+           "encode_publish", "headers_json"]
 
 
 def __getattr__(name: str) -> Any:

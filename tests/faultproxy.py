@@ -11,6 +11,8 @@
         proxy.stall()                # nothing is forwarded any more, connections stay open
         proxy.resume()               # what was held back is forwarded
         proxy.cut_after(100)         # reset everything once 100 more bytes went client -> upstream
+        proxy.throttle(200_000)      # forward at most 200 kB/s client -> upstream (TCP back-pressure)
+        proxy.throttle(None)         # full speed again
         proxy.wait_for(lambda p: p.cuts == 1, timeout=5)
 
 One thread runs a selector loop that owns every socket; the public methods hand it a command and
@@ -114,6 +116,9 @@ class FaultProxy:
         self._stalled = False
         self._refusing = False
         self._budget: dict[Direction, int] = {}
+        self._rate: dict[Direction, float] = {}     # bytes per second, when throttled
+        self._tokens: dict[Direction, float] = {}
+        self._refilled = time.monotonic()
         # Counters, under _lock.
         self._accepted = 0
         self._bytes: dict[Direction, int] = {"upstream": 0, "downstream": 0}
@@ -215,6 +220,12 @@ class FaultProxy:
     def resume(self) -> None:
         """Forward again, starting with what was held back during the stall."""
         self._call(self._resume)
+
+    def throttle(self, bytes_per_second: float | None, direction: Direction = "upstream") -> None:
+        """Forward at most ``bytes_per_second`` in ``direction`` (None: no limit). What the proxy
+        cannot forward stays in the senders' socket buffers: the client sees TCP back-pressure, as
+        from a slow or flow-controlled broker."""
+        self._call(lambda: self._set_rate(direction, bytes_per_second))
 
     def cut_after(self, n_bytes: int, direction: Direction = "upstream") -> None:
         """Reset every connection once ``n_bytes`` more bytes have been forwarded in ``direction``.
@@ -337,6 +348,22 @@ class FaultProxy:
             self._listen(self.port)
             self._refusing = False
 
+    def _set_rate(self, direction: Direction, rate: float | None) -> None:
+        if rate is None:
+            self._rate.pop(direction, None)
+            self._tokens.pop(direction, None)
+            self._resume()
+        else:
+            self._rate[direction] = float(rate)
+            self._tokens[direction] = 0.0
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        elapsed, self._refilled = now - self._refilled, now
+        for direction, rate in self._rate.items():
+            # At most a tenth of a second's worth at once: the rate holds at every scale.
+            self._tokens[direction] = min(rate / 10, self._tokens.get(direction, 0.0) + elapsed * rate)
+
     def _arm(self, n_bytes: int, direction: Direction) -> None:
         if n_bytes == 0:
             self._budget.pop(direction, None)
@@ -358,7 +385,15 @@ class FaultProxy:
         assert self._selector is not None
         try:
             while not self._stopping:
-                for key, mask in self._selector.select():
+                if self._rate:
+                    self._refill()
+                    for connection in list(self._connections):
+                        for pipe in (connection.up, connection.down):
+                            if pipe.direction in self._rate and pipe.buffer and not connection.closed:
+                                self._flush(connection, pipe)
+                        if not connection.closed:
+                            self._update(connection)
+                for key, mask in self._selector.select(0.01 if self._rate else None):
                     if key.data is _WAKE:
                         self._run_commands()
                     elif key.data is _LISTEN:
@@ -493,6 +528,10 @@ class FaultProxy:
         while pipe.buffer:
             budget = self._budget.get(pipe.direction)
             size = len(pipe.buffer) if budget is None else min(len(pipe.buffer), budget)
+            if pipe.direction in self._rate:
+                size = min(size, int(self._tokens.get(pipe.direction, 0.0)))
+                if size <= 0:
+                    return   # the run loop flushes again when tokens are back
             # Sent and counted under the lock: whoever has received the bytes sees them counted.
             with self._changed:
                 try:
@@ -503,6 +542,8 @@ class FaultProxy:
                     sent = -1
                 else:
                     self._bytes[pipe.direction] += sent
+                    if pipe.direction in self._tokens:
+                        self._tokens[pipe.direction] -= sent
                     self._changed.notify_all()
             if sent < 0:
                 self._close(connection, reset=True)
@@ -533,14 +574,14 @@ class FaultProxy:
         client = upstream = 0
         if active and not connection.up.eof and len(connection.up.buffer) < _MAX_BUFFER:
             client |= read
-        if active and connection.down.buffer:
+        if active and connection.down.buffer and "downstream" not in self._rate:
             client |= write
         if connection.connecting:
             upstream = write
         else:
             if active and not connection.down.eof and len(connection.down.buffer) < _MAX_BUFFER:
                 upstream |= read
-            if active and connection.up.buffer:
+            if active and connection.up.buffer and "upstream" not in self._rate:
                 upstream |= write
         self._register(connection.client, client, (connection, "client"))
         self._register(connection.upstream, upstream, (connection, "upstream"))

@@ -24,7 +24,7 @@ def test_project_settings_pass():
 @pytest.mark.parametrize(
     "value, check_id, message, hint",
     [
-        ("shop.Order", "dbevents.E001", "MODELS_CRUD_EVENT must be a list of dicts, not str 'shop.Order'.",
+        ("shop.Order", "dbevents.E001", "MODELS_CRUD_EVENT is 'shop.Order'; expected a list of dicts such as [{\"model\": \"shop.Order\"}].",
          'Write MODELS_CRUD_EVENT = [{"model": "app_label.ModelName"}, ...].'),
         (["shop.Order"], "dbevents.E001", "MODELS_CRUD_EVENT[0] must be a dict, not str 'shop.Order'.",
          'Write {"model": "app_label.ModelName"}.'),
@@ -93,11 +93,11 @@ def test_top_level_amqp_uri_is_accepted():
 
 def test_bad_dbevents_setting():
     with override_settings(DBEVENTS_PUBLISH_RETRIES=0, DBEVENTS_TRANSPORT="nope.Transport"):
-        msgs = [m.msg for m in run() if m.id == "dbevents.E011"]
-    assert msgs == [
-        "DBEVENTS_PUBLISH_RETRIES is 0; expected a number >= 1.",
-        "DBEVENTS_TRANSPORT is 'nope.Transport', which cannot be imported: No module named 'nope'.",
-    ]
+        found = run()
+    assert [m.msg for m in found if m.id == "dbevents.E011"] == [
+        "DBEVENTS_PUBLISH_RETRIES is 0; expected an integer >= 1."]
+    assert [m.msg for m in found if m.id == "dbevents.E016"] == [
+        "DBEVENTS_TRANSPORT is 'nope.Transport', which cannot be imported: No module named 'nope'."]
 
 
 def test_no_database_uses_a_dbevents_engine(monkeypatch):

@@ -235,6 +235,26 @@ def test_stall_holds_bytes_until_resume(proxy: FaultProxy, echo: EchoServer) -> 
         assert exchange(client, b"pong") == b"pong"
 
 
+def test_throttle_bounds_the_rate_and_lifting_it_delivers_the_rest(proxy: FaultProxy, echo: EchoServer) -> None:
+    import threading
+    import time
+
+    data = payload(400_000)
+    rate = 100_000
+    with connect(proxy) as client:
+        proxy.throttle(rate)
+        started = time.monotonic()
+        sender = threading.Thread(target=client.sendall, args=(data,))
+        sender.start()
+        time.sleep(0.5)
+        forwarded, elapsed = proxy.bytes_upstream, time.monotonic() - started
+        # Never more than the rate allows (plus one tenth of a second's burst); and it moves.
+        assert 0 < forwarded <= rate * elapsed + rate / 10
+        proxy.throttle(None)
+        assert recv_exactly(client, len(data)) == data
+        sender.join(TIMEOUT)
+
+
 def test_cut_while_stalled(proxy: FaultProxy) -> None:
     with connect(proxy) as client:
         assert exchange(client, b"ping") == b"ping"

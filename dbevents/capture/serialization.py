@@ -54,11 +54,51 @@ def new_ids(count: int) -> list[str]:
     return [digits[i:i + 32] for i in range(0, 32 * count, 32)]
 
 
+def serialize(entry: ModelEntry, members: list[PendingEvent], alias: str) -> list[tuple[PendingEvent, Any]]:
+    """``members``' payloads: one serializer call for all of them; when that raises, row by row,
+    so that a row the serializer fails on loses its own event only (each logged with its pk)."""
+    try:
+        represent = entry.representer()
+        if represent is not None:
+            return list(zip(members, [represent(e.instance) for e in members], strict=True))
+        data = entry.serializer_class()([e.instance for e in members], many=True).data
+        return list(zip(members, data, strict=True))
+    except Exception as exc:
+        if len(members) == 1:
+            _log_lost(entry, members[0], alias, exc)
+            return []
+        logger.warning("dbevents: serializer of %s failed on %d row(s) at once on %r (%s: %s); serializing "
+                       "them one by one", entry.label, len(members), alias, type(exc).__name__, exc)
+    out = []
+    failed = 0
+    for event in members:
+        try:
+            represent = entry.representer()
+            item = represent(event.instance) if represent is not None else entry.serializer_class()(event.instance).data
+        except Exception as exc:
+            failed += 1
+            if failed <= 10:
+                _log_lost(entry, event, alias, exc)
+            continue
+        out.append((event, item))
+    if failed > 10:
+        served = {id(e) for e, _ in out}
+        logger.error("dbevents: serializer of %s failed on %d more row(s) on %r; their events are lost: pks %s%s",
+                     entry.label, failed - 10, alias, [e.pk for e in members if id(e) not in served][10:60],
+                     " ..." if failed > 60 else "")
+    return out
+
+
+def _log_lost(entry: ModelEntry, event: PendingEvent, alias: str, exc: BaseException) -> None:
+    logger.error("dbevents: serializer of %s failed on pk=%r on %r (%s: %s); its %s event is lost", entry.label,
+                 event.pk, alias, type(exc).__name__, exc, event.action, exc_info=exc)
+
+
 def build_events(pending: list[PendingEvent], alias: str) -> list[ev.Event]:
     """Serialize ``pending`` (in statement order) into events with ids, ordinals and headers.
 
-    A serializer that raises loses the events of that model only; the error is logged with
-    the model and keys.
+    A serializer that raises loses the events of the rows it fails on only; each is logged with
+    the model and key.
     """
     batches: dict[int, tuple[ModelEntry, list[PendingEvent]]] = {}
     for event in pending:
@@ -70,19 +110,7 @@ def build_events(pending: list[PendingEvent], alias: str) -> list[ev.Event]:
         batches.setdefault(id(entry), (entry, []))[1].append(event)
     payloads: dict[int, Any] = {}
     for entry, members in batches.values():
-        try:
-            represent = entry.representer()
-            if represent is not None:
-                data = [represent(e.instance) for e in members]
-            else:
-                data = entry.serializer_class()([e.instance for e in members], many=True).data
-        except Exception:
-            logger.exception(
-                "dbevents: serializer of %s failed on %r; the events of pks %s are lost",
-                entry.label, alias, [e.pk for e in members][:50],
-            )
-            continue
-        for event, item in zip(members, data, strict=True):
+        for event, item in serialize(entry, members, alias):
             payloads[id(event)] = item
     kept = [e for e in pending if id(e) in payloads]
     transaction_id = uuid.uuid4().hex

@@ -8,7 +8,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from dbevents.checks import configuration_errors
 from dbevents.relay import Relay, chosen_aliases
+
+# What the relay cannot publish without: a broker URI that parses and a transport to import.
+# Every other check concerns capture (MODELS_CRUD_EVENT, serializers), not the rows already in
+# the outbox, so the relay runs on and reports them as warnings.
+FATAL = frozenset({"dbevents.E007", "dbevents.E015", "dbevents.E016"})
 
 
 class Command(BaseCommand):
@@ -17,6 +23,9 @@ class Command(BaseCommand):
         "the broker confirmed), in order, with retries and back-off; several relays may run at once. "
         "Stops cleanly on SIGTERM or SIGINT after the batch in hand."
     )
+    # The relay is the safety net: a system-check error elsewhere (a bad MODELS_CRUD_EVENT entry,
+    # a missing serializer) must not stop it while web processes keep filling the outbox.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--database", action="append", dest="databases", metavar="ALIAS",
@@ -43,6 +52,12 @@ class Command(BaseCommand):
             raise CommandError(f"--batch-size {options['batch_size']}: must be at least 1.")
         if not aliases:
             raise CommandError("No database uses a dbevents ENGINE, so there is no outbox to relay.")
+        found = configuration_errors()
+        fatal = [m for m in found if m.id in FATAL]
+        if fatal:
+            raise CommandError("cannot publish: " + "; ".join(f"{m.msg} ({m.id}; {m.hint})" for m in fatal))
+        for m in found:
+            self.stderr.write(f"warning: {m.msg} ({m.id}: the relay runs on; fix it for capture. {m.hint})")
         relay = Relay(aliases, worker_id=options["worker_id"], batch_size=options["batch_size"],
                       idle=options["idle"], cleanup_interval=options["cleanup_interval"])
         if not logging.getLogger("dbevents").handlers and not logging.getLogger().handlers:
@@ -61,4 +76,7 @@ class Command(BaseCommand):
         relay.run(once=options["once"])
         if options["verbosity"] > 0:
             self.stdout.write(f"dbevents relay {relay.worker_id}: stopped; published {relay.published} event(s), "
-                              f"{relay.failed} failed attempt(s)")
+                              f"{relay.returned} returned unroutable, {relay.failed} failed attempt(s)")
+        if options["once"] and relay.left:
+            raise CommandError(f"{relay.left} event(s) still pending: the broker did not take them after "
+                               "DBEVENTS_PUBLISH_RETRIES attempts (see dbevents_status)", returncode=1)

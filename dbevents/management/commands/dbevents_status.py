@@ -7,7 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dbevents import outbox
+from dbevents import status
+from dbevents.checks import configuration_errors
 from dbevents.relay import chosen_aliases
 
 
@@ -15,6 +16,8 @@ class Command(BaseCommand):
     help = ("Show the dbevents outbox per database: pending events, age of the oldest, rows being retried and "
             "the last error, unroutable and sent rows. Exits with status 2 when --max-age or --max-pending "
             "is exceeded.")
+    # Status must report even when the configuration is broken: that is when it is needed.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--database", action="append", dest="databases", metavar="ALIAS",
@@ -30,7 +33,9 @@ class Command(BaseCommand):
             aliases = chosen_aliases(options["databases"])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        rows = [outbox.stats(alias) for alias in aliases]
+        rows = [status.stats(alias) for alias in aliases]
+        for m in configuration_errors():
+            self.stderr.write(f"configuration error: {m.msg} ({m.id}; {m.hint})")
         if options["json"]:
             self.stdout.write(json.dumps(rows, indent=2))
         else:
@@ -39,10 +44,12 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"{s['alias']}: pending {s['pending']} (oldest {age}, leased {s['leased']}, "
                     f"retrying {s['retrying']}, most attempts {s['max_attempts']}); "
-                    f"sent {s['sent']}; unroutable {s['unroutable']}"
+                    f"sent {s['sent']}; unroutable {s['unroutable']}; dead {s['dead']}"
                 )
                 if s["last_error"]:
                     self.stdout.write(f"  last error: {s['last_error']}")
+                if s["last_dead_error"]:
+                    self.stdout.write(f"  last dead: {s['last_dead_error']}")
         problems = []
         for s in rows:
             if options["max_age"] is not None and (s["oldest_pending_age"] or 0) > options["max_age"]:
