@@ -25,14 +25,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from dbevents import conf, sqlite_gate
+from dbevents import conf, outbox_sql, sqlite_gate
 from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID, Message, headers_json
 
 if TYPE_CHECKING:
@@ -40,10 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dbevents")
 
-TABLE = "dbevents_outbox"
-_COLUMNS = ("event_id", "transaction_id", "ordinal", "service_name", "routing_key", "body", "content_type",
-            "content_encoding", "headers", "created_at", "available_at", "lease_owner", "attempts", "last_error",
-            "event_key", "dead_at")
+TABLE = outbox_sql.TABLE
 UNROUTABLE = "unroutable: "
 DEAD = "cannot be encoded: "
 
@@ -77,69 +74,11 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message],
         for m, why in dead
     ]
     messages = [*messages, *(m for m, _ in dead)]
-    if _vendor(connection).inserts_arrays():
-        ids = _insert_postgresql(connection, rows)
-    else:
-        ids = _insert(connection, rows)
+    ids = outbox_sql.insert(connection, rows, arrays=_vendor(connection).inserts_arrays())
     if len(ids) != len(messages):
         raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {len(messages)} rows")
     alias = connection.alias
     return [replace(m, outbox_id=i, alias=alias) for m, i in zip(messages, ids, strict=True)]
-
-
-def _insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> list[int]:
-    """Multi-row INSERTs on a bare driver cursor; the new ids in row order."""
-    qn = connection.ops.quote_name
-    width = len(_COLUMNS)
-    per_chunk = max(1, min(500, (connection.features.max_query_params or 30_000) // width))
-    returning = connection.features.can_return_rows_from_bulk_insert
-    head = f"INSERT INTO {qn(TABLE)} ({', '.join(qn(c) for c in _COLUMNS)}) VALUES "
-    row_sql = "(" + ", ".join(["%s"] * width) + ")"
-    ids: list[int] = []
-    with connection.wrap_database_errors:
-        cursor = connection.create_cursor()
-        try:
-            for start in range(0, len(rows), per_chunk):
-                chunk = rows[start:start + per_chunk]
-                sql = head + ", ".join([row_sql] * len(chunk))
-                params = [value for row in chunk for value in row]
-                if returning:
-                    cursor.execute(sql + f" RETURNING {qn('id')}", params)
-                    ids += [int(r[0]) for r in cursor.fetchall()]
-                else:
-                    # MySQL: one multi-row INSERT gets consecutive ids from the first one.
-                    cursor.execute(sql, params)
-                    first = int(cursor.lastrowid)
-                    ids += range(first, first + len(chunk))
-        finally:
-            cursor.close()
-    return ids
-
-
-# PostgreSQL (psycopg 3): one INSERT ... SELECT FROM unnest(<one array per column>) for any number
-# of rows, with the arrays sent in binary on a server-binding cursor -- 14 parameters instead of
-# 14 per row for Django's client-side-binding cursor to quote into the query text.
-_PG_TYPES = ("text", "text", "integer", "text", "text", "bytea", "text", "text", "text", "timestamptz",
-             "timestamptz", "text", "integer", "text", "text", "timestamptz")
-_PG_INSERT = (
-    f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"%b::{t}[]" for t in _PG_TYPES) + ") RETURNING id, event_id"
-)
-
-
-def _insert_postgresql(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> list[int]:
-    """The rows as one array per column; the new ids in row order (matched by event id)."""
-    import psycopg
-
-    columns = [list(column) for column in zip(*rows, strict=True)]
-    with connection.wrap_database_errors:
-        cursor = psycopg.Cursor(connection.connection)
-        try:
-            cursor.execute(_PG_INSERT, columns)
-            by_event = {str(event_id): int(i) for i, event_id in cursor.fetchall()}
-        finally:
-            cursor.close()
-    return [by_event[row[0]] for row in rows if row[0] in by_event]
 
 
 def outbox_model() -> Any:
@@ -242,6 +181,13 @@ def _first_of_its_row() -> Q:
     return Q(event_key="") | Q(~Exists(earlier))
 
 
+def claimable(alias: str, now: datetime) -> Any:
+    """The rows a relay may claim at ``now``, in ``id`` order: unsent, not leased nor in back-off,
+    and the first unsent event of their row."""
+    available = unsent() & (Q(available_at__isnull=True) | Q(available_at__lte=now))
+    return outbox_model().objects.using(alias).filter(available).filter(_first_of_its_row()).order_by("id")
+
+
 def claim(alias: str, owner: str, limit: int) -> list[Message]:
     """Lease up to ``limit`` available rows of ``alias``'s outbox to ``owner`` (for
     ``DBEVENTS_OUTBOX_LEASE`` seconds) and return them in ``id`` order. A row is available when no
@@ -257,26 +203,39 @@ def claim(alias: str, owner: str, limit: int) -> list[Message]:
     token = f"{owner}:{uuid.uuid4().hex[:8]}"[-100:]
     manager = model.objects.using(alias)
     available = unsent() & (Q(available_at__isnull=True) | Q(available_at__lte=now))
-    candidates = manager.filter(available).filter(_first_of_its_row()).order_by("id")
+    candidates = claimable(alias, now)
     connection = connections[alias]
     with transaction.atomic(using=alias):
         if connection.features.has_select_for_update_skip_locked:
-            ids = list(candidates.select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
-            if not ids:
+            # The rows themselves are read with their lock: two statements per batch.
+            rows = list(candidates.select_for_update(skip_locked=True).values_list(*_MESSAGE_FIELDS)[:limit])
+            if not rows:
                 return []
-            manager.filter(pk__in=ids).update(lease_owner=token, available_at=until)
-        elif _vendor(connection).claims_by_locking:
+            manager.filter(pk__in=[r[0] for r in rows]).update(lease_owner=token, available_at=until)
+            return [_message(row, alias) for row in rows]
+        if _vendor(connection).claims_by_locking:
+            # Without SKIP LOCKED the lock waits for another relay's claim; what it leased
+            # meanwhile no longer matches when the UPDATE looks again.
             ids = list(candidates.select_for_update().values_list("id", flat=True)[:limit])
-            if not ids:
+            if not ids or not manager.filter(pk__in=ids).filter(available).update(lease_owner=token,
+                                                                                  available_at=until):
                 return []
-            manager.filter(pk__in=ids).filter(available).update(lease_owner=token, available_at=until)
-        else:
-            # One statement: the database serializes it against other relays' claims.
-            if not manager.filter(pk__in=candidates.values("id")[:limit]).update(lease_owner=token,
-                                                                                 available_at=until):
-                return []
-        rows = list(manager.filter(lease_owner=token, sent_at__isnull=True).order_by("id"))
+        # One statement: the database serializes it against other relays' claims.
+        elif not manager.filter(pk__in=candidates.values("id")[:limit]).update(lease_owner=token,
+                                                                               available_at=until):
+            return []
+        rows = list(manager.filter(lease_owner=token, sent_at__isnull=True).order_by("id")
+                    .values_list(*_MESSAGE_FIELDS))
     return [_message(row, alias) for row in rows]
+
+
+_MESSAGE_FIELDS = ("id", "service_name", "routing_key", "body", "content_type", "content_encoding", "headers")
+
+
+def claims_concurrently(alias: str) -> bool:
+    """Whether a relay may claim on ``alias`` from a second thread while it marks on the first
+    (not on SQLite, where dbevents' writers take turns: dbevents.sqlite_gate)."""
+    return not _vendor(connections[alias]).gated
 
 
 def held_back(messages: Sequence[Message]) -> list[Message]:
@@ -309,9 +268,10 @@ def _earliest_unsent(alias: str, group: Sequence[Message], ours: set[int], last:
     return earliest
 
 
-def _message(row: Any, alias: str) -> Message:
-    return Message(row.service_name, row.routing_key, bytes(row.body), row.content_type, row.content_encoding,
-                   json.loads(row.headers), row.id, alias)
+def _message(row: tuple[Any, ...], alias: str) -> Message:
+    """The message of an outbox row read as :data:`_MESSAGE_FIELDS`."""
+    pk, service, routing_key, body, content_type, content_encoding, headers = row
+    return Message(service, routing_key, bytes(body), content_type, content_encoding, json.loads(headers), pk, alias)
 
 
 def release(messages: Sequence[Message], error: str, *, backoff: bool = True) -> None:

@@ -15,11 +15,13 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from django.db import connections, router
 
 from dbevents import conf, outbox, status
-from dbevents.events import describe_events
+from dbevents.events import Message, describe_events
 from dbevents.publisher import after_publish
 from dbevents.transport import PublishResult, Sender, describe_error
 
@@ -91,6 +93,7 @@ class Relay:
         self.cleanup_interval = cleanup_interval
         self.published = 0
         self.returned = 0
+        #: Event publish attempts that failed (an event retried three times counts three).
         self.failed = 0
         #: Rows pending and not leased when a ``run(once=True)`` ended: it could not publish them.
         self.left = 0
@@ -99,6 +102,7 @@ class Relay:
         self._last_cleanup = 0.0
         self._last_reclaim = 0.0
         self._failing = 0   # consecutive publish attempts that published nothing
+        self._ahead = _ClaimAhead()
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from :meth:`run` (safe from a signal handler)."""
@@ -123,9 +127,13 @@ class Relay:
                     continue
                 if once:
                     wait = self._backoff_wait()
-                    if wait is None or self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES")):
+                    if self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES")):
                         # What is leased is in a live publisher's hands; the rest this run failed on.
                         self.left = sum(s["pending"] - s["leased"] for s in map(status.stats, self.aliases))
+                        break
+                    if wait is None:
+                        # Nothing waits for a retry; what is left is leased, or queued behind an
+                        # earlier event of its row that another publisher holds (it sends both).
                         break
                     self._stop.wait(wait)
                     continue
@@ -159,19 +167,30 @@ class Relay:
 
     def relay_once(self, alias: str) -> int:
         """Claim one batch on ``alias`` and publish it; returns how many rows it handled.
-        Database errors are logged and retried on the next round."""
-        try:
-            messages = outbox.claim(alias, self.worker_id, self.batch_size)
-        except Exception:
-            logger.exception("dbevents relay %s: cannot read the outbox of %r; retrying in %.1fs",
-                             self.worker_id, alias, self.idle)
-            connections[alias].close()
+        While a full batch is published, the next one is claimed on another thread (claim,
+        publish and mark overlap). Database errors are logged and retried on the next round."""
+        messages = self._ahead.take(alias)
+        if not messages:   # nothing claimed ahead, or claimed before this batch went out: look again
+            messages = self._claim(alias)
+        if messages is None:
             self._stop.wait(self.idle)
             return 0
         if not messages:
             return 0
+        if len(messages) == self.batch_size and outbox.claims_concurrently(alias) and not self._stop.is_set():
+            self._ahead.start(alias, self._claim)
         self._settle(self._sender.publish(messages))
         return len(messages)
+
+    def _claim(self, alias: str) -> list[Message] | None:
+        """One claim; None (logged) when the database failed. Runs on either thread."""
+        try:
+            return outbox.claim(alias, self.worker_id, self.batch_size)
+        except Exception:
+            logger.exception("dbevents relay %s: cannot read the outbox of %r; retrying in %.1fs",
+                             self.worker_id, alias, self.idle)
+            connections[alias].close()   # this thread's connection: the next claim opens a new one
+            return None
 
     def _settle(self, result: PublishResult) -> None:
         try:
@@ -216,6 +235,37 @@ class Relay:
                             "from %r", self.worker_id, deleted, alias)
 
     def close(self) -> None:
+        left = self._ahead.close()
+        if left:   # claimed ahead, never attempted: available again at once
+            outbox.release(left, "", backoff=False)
         self._sender.reset()
         for alias in self.aliases:
             connections[alias].close()
+
+
+class _ClaimAhead:
+    """The next batch of each outbox, claimed on a thread (and database connection) of its own
+    while the relay publishes the current batch."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[str, Future[list[Message] | None]] = {}
+
+    def start(self, alias: str, claim: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbevents-relay-claim")
+        self._ahead[alias] = self._pool.submit(claim, alias)
+
+    def take(self, alias: str) -> list[Message] | None:
+        future = self._ahead.pop(alias, None)
+        return future.result() if future is not None else []
+
+    def close(self) -> list[Message]:
+        """Stop the thread (closing its connections); returns what it claimed and nobody published."""
+        left = [m for future in self._ahead.values() for m in future.result() or ()]
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.submit(connections.close_all).result()
+            self._pool.shutdown()
+            self._pool = None
+        return left

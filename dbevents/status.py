@@ -27,7 +27,7 @@ def stats(alias: str) -> dict[str, Any]:
         unroutable=Count("id", filter=sent & Q(last_error__startswith=UNROUTABLE)),
         sent=Count("id", filter=sent),
         dead=Count("id", filter=Q(dead_at__isnull=False)),
-        next_attempt=Min("available_at", filter=failing & Q(lease_owner__isnull=True)),
+        next_attempt=Min("available_at", filter=pending & Q(lease_owner__isnull=True)),
     )
     oldest: datetime | None = counts.pop("oldest")
     next_attempt: datetime | None = counts.pop("next_attempt")

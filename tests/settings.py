@@ -62,6 +62,8 @@ if os.environ.get("DBEVENTS_TEST_RELAY_AMQP_URI"):
     NAMEKO_CONFIG = {"AMQP_URI": os.environ["DBEVENTS_TEST_RELAY_AMQP_URI"]}
 if os.environ.get("DBEVENTS_TEST_LEASE"):
     DBEVENTS_OUTBOX_LEASE = float(os.environ["DBEVENTS_TEST_LEASE"])
+if os.environ.get("DBEVENTS_TEST_CONFIRM_TIMEOUT"):
+    DBEVENTS_CONFIRM_TIMEOUT = float(os.environ["DBEVENTS_TEST_CONFIRM_TIMEOUT"])
 
 MODELS_CRUD_EVENT = [
     {"model": "test_app.Model1", "serializer": "tests.test_app.serializers.Model1Serializer"},

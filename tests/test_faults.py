@@ -131,9 +131,10 @@ def test_stalled_broker_never_blocks_the_request_and_loses_nothing(broker, proxy
     assert not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
 
 
-def relay_process(uri, *args):
+def relay_process(uri, *args, env=None):
     env = {
         **os.environ,
+        **(env or {}),
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DBEVENTS_TEST_DB": connection.vendor,
         "DBEVENTS_TEST_DB_NAME": connection.settings_dict["NAME"],
@@ -153,7 +154,11 @@ def wait_until_some_arrive(broker, process, timeout=30.0):
             return
         assert process.poll() is None, process.communicate()
         time.sleep(0.002)
-    raise AssertionError("the relay published nothing")
+    process.kill()
+    out, err = process.communicate()
+    pending = OutboxMessage.objects.filter(sent_at__isnull=True).count()
+    raise AssertionError(f"the relay published nothing in {timeout:.0f}s ({pending} rows pending); "
+                         f"its output: {out[-2000:]} {err[-3000:]}")
 
 
 def interrupt_relay_mid_run(broker, uri, worker, batch_size, signum):
@@ -209,3 +214,86 @@ def test_relay_stops_cleanly_on_sigterm(broker, proxy, rabbitmq_uri):
     assert finisher.wait(120) == 0
     ids, duplicates = report("relay stopped with SIGTERM", len(events), broker.drain())
     assert Counter(ids).keys() == {e.id for e in events} and duplicates == 0
+
+
+def test_a_throttled_broker_gets_every_event_once_with_a_bounded_window(broker, proxy, monkeypatch):
+    """A slow broker pushes back through TCP: the connection must survive it (py-amqp's 1 s
+    TCP_USER_TIMEOUT did not), and no more than DBEVENTS_MAX_IN_FLIGHT messages are unconfirmed."""
+    import socket as socket_module
+
+    from dbevents.transport import NamekoTransport
+
+    peaks: list[int] = []
+    original = NamekoTransport._wait_for_confirms
+
+    def watched(self, down_to=0):
+        peaks.append(len(self._outstanding))
+        return original(self, down_to)
+
+    monkeypatch.setattr(NamekoTransport, "_wait_for_confirms", watched)
+    with via(proxy, DBEVENTS_MAX_IN_FLIGHT=200, DBEVENTS_CONFIRM_TIMEOUT=5.0):
+        Customer.objects.create(name="warm-up")
+        assert publisher.wait(30)
+        broker.drain()
+        transport = publisher.current()._sender._transport
+        sock = transport.connection.connection.transport.sock
+        if hasattr(socket_module, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_USER_TIMEOUT) == 5000
+        proxy.throttle(150_000)   # bytes/s to the broker: 3,000 events take about 8 s
+        with capture_events(publish=True) as events:
+            with transaction.atomic():
+                Customer.objects.bulk_create([Customer(name=f"t{i}") for i in range(3000)])
+            assert publisher.wait(120)
+        proxy.throttle(None)
+    ids, duplicates = report("throttled broker", len(events), broker.drain())
+    assert sorted(ids) == sorted(e.id for e in events) and duplicates == 0
+    assert proxy.connections_accepted == 1, "the connection was dropped under back-pressure"
+    assert peaks and max(peaks) <= 200
+    assert not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
+
+
+def test_a_stalled_publish_fails_within_one_confirm_timeout(broker, proxy, caplog):
+    from dbevents.transport import Sender
+
+    with via(proxy, DBEVENTS_CONFIRM_TIMEOUT=1.5):
+        sender = Sender()
+        with capture_events() as events:
+            Customer.objects.bulk_create([Customer(name=f"s{i}") for i in range(50)])
+        from dbevents.events import encode
+
+        messages = encode(events)
+        assert sender.publish(messages[:1]).confirmed   # connected, exchange declared
+        proxy.stall()
+        started = time.monotonic()
+        result = sender.publish(messages[1:])
+        elapsed = time.monotonic() - started
+        proxy.resume()
+    assert len(result.failed) == 49 and isinstance(result.error, TimeoutError)
+    assert str(result.error) == ("the broker confirmed none of 49 outstanding message(s) for 1.5s "
+                                 "(DBEVENTS_CONFIRM_TIMEOUT)")
+    # One confirm timeout, not two (the close after it does not wait for the stalled broker).
+    assert elapsed < 1.5 * 1.6, elapsed
+
+
+@needs_shared_database
+def test_sigterm_during_a_stall_stops_the_relay_within_a_confirm_timeout(broker, proxy):
+    events, _ = commit_while_broker_refuses(proxy, 5000)
+    relay = relay_process(proxy.uri(), "--worker-id", "relay-s", "--batch-size", "1000",
+                          env={"DBEVENTS_TEST_CONFIRM_TIMEOUT": "4"})
+    wait_until_some_arrive(broker, relay)
+    proxy.stall()   # mid-batch: the broker confirms nothing more
+    time.sleep(0.5)
+    started = time.monotonic()
+    relay.send_signal(signal.SIGTERM)
+    out, err = relay.communicate(timeout=60)
+    stopped_after = time.monotonic() - started
+    proxy.resume()
+    assert relay.returncode == 0, err
+    # The confirm wait in hand ends after one DBEVENTS_CONFIRM_TIMEOUT (4 s), and nothing waits
+    # for the stalled broker after it (closing used to wait another read timeout).
+    assert stopped_after < 4 * 1.6, (stopped_after, err)
+    assert not leased_to("relay-s").exists()
+    finisher = relay_process(proxy.uri(), "--once")
+    assert finisher.wait(120) == 0
+    ids, duplicates = report("relay stopped with SIGTERM during a stall", len(events), broker.drain())
+    assert set(ids) == {e.id for e in events} and duplicates <= 1000

@@ -194,7 +194,7 @@ def test_the_relay_and_status_run_despite_check_errors_that_do_not_concern_them(
         assert f"{connection.alias}: pending 1" in status.out
         assert "configuration error: MODELS_CRUD_EVENT[1] names model 'shop.Nope'" in status.err
         relayed = manage("dbevents_relay", "--database", connection.alias, "--once")
-    assert "published 1 event(s), 0 returned unroutable, 0 failed attempt(s)" in relayed.out
+    assert "published 1 event(s), 0 returned unroutable, 0 failed event publish attempt(s)" in relayed.out
     warnings = relayed.err
     assert "warning: MODELS_CRUD_EVENT[1] names model 'shop.Nope'" in warnings and "dbevents.E002" in warnings
     assert "dbevents.E003" in warnings

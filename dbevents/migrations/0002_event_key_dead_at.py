@@ -17,6 +17,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="outboxmessage",
-            index=models.Index(fields=["event_key", "id"], name="dbevents_outbox_key_id"),
+            index=models.Index(fields=["event_key", "sent_at", "id"], name="dbevents_outbox_key_unsent"),
         ),
     ]

@@ -76,7 +76,7 @@ class Command(BaseCommand):
         relay.run(once=options["once"])
         if options["verbosity"] > 0:
             self.stdout.write(f"dbevents relay {relay.worker_id}: stopped; published {relay.published} event(s), "
-                              f"{relay.returned} returned unroutable, {relay.failed} failed attempt(s)")
+                              f"{relay.returned} returned unroutable, {relay.failed} failed event publish attempt(s)")
         if options["once"] and relay.left:
             raise CommandError(f"{relay.left} event(s) still pending: the broker did not take them after "
                                "DBEVENTS_PUBLISH_RETRIES attempts (see dbevents_status)", returncode=1)
