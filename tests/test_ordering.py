@@ -29,7 +29,7 @@ from dbevents.relay import Relay
 from dbevents.testing import capture_events
 from tests.faultproxy import FaultProxy
 from tests.shop.models import Customer
-from tests.test_outbox import broker_down
+from tests.test_outbox import backlog, broker_down
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,9 +135,7 @@ def dead_pid() -> int:
 
 
 def test_rows_of_a_crashed_writer_on_this_host_are_taken_at_once(broker):
-    with broker_down(), capture_events(publish=True) as events:
-        Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(20)])
-        assert publisher.wait(30)
+    events = backlog(20)
     # As a writer killed between COMMIT and publishing leaves them: leased for the full lease.
     owner = outbox.process_owner().rsplit(":", 1)[0] + f":{dead_pid()}"
     OutboxMessage.objects.update(lease_owner=owner, available_at=timezone.now() + timedelta(seconds=600))

@@ -40,6 +40,16 @@ def broker_down(**extra):
     return override_settings(NAMEKO_CONFIG={"AMQP_URI": dead_broker_uri()}, DBEVENTS_PUBLISH_RETRIES=1, **extra)
 
 
+def backlog(n: int):
+    """The events of ``n`` customers created while the broker was down: waiting in the outbox,
+    available to a relay now."""
+    with broker_down(), capture_events(publish=True) as events:
+        Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(n)])
+        assert publisher.wait(30)
+    OutboxMessage.objects.update(available_at=None)
+    return events
+
+
 def test_rows_commit_with_the_data_and_are_marked_sent(broker):
     with capture_events(publish=True) as events:
         with transaction.atomic():
@@ -288,10 +298,7 @@ def test_a_missing_outbox_table_falls_back_to_direct_delivery(broker, caplog):
 def test_two_relays_in_threads_never_publish_an_event_twice(broker):
     import threading
 
-    with broker_down(), capture_events(publish=True) as events:
-        Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(600)])
-        assert publisher.wait(30)
-    OutboxMessage.objects.update(available_at=None)
+    events = backlog(600)
     relays = [Relay([connection.alias], worker_id=f"t{i}", batch_size=50) for i in range(2)]
     threads = [threading.Thread(target=r.run, kwargs={"once": True}) for r in relays]
     for t in threads:
@@ -339,3 +346,35 @@ def test_the_publishers_queries_stay_out_of_the_applications_query_log():
     logged = [c.args[2] for c in log.debug.call_args_list]
     assert any("shop_customer" in sql for sql in logged)
     assert not any("dbevents_outbox" in sql for sql in logged), logged
+
+
+@pytest.mark.skipif(SQLITE, reason="on SQLite the relay claims and marks in turn (one writer at a time)")
+def test_the_relay_claims_its_next_batch_while_it_publishes_the_current_one(broker):
+    import threading
+
+    from dbevents.transport import Sender
+
+    events = backlog(150)
+    claimed_ahead = threading.Event()
+    original_claim, original_publish = outbox.claim, Sender.publish
+
+    def claim(*args, **kwargs):
+        found = original_claim(*args, **kwargs)
+        if found and threading.current_thread() is not threading.main_thread():
+            claimed_ahead.set()
+        return found
+
+    def publish(self, messages):
+        # Serialized claim / publish / mark would never get past this wait.
+        if len(messages) == 50 and messages[0].event_id == events[0].id:
+            assert claimed_ahead.wait(10), "the next batch was not claimed while this one was published"
+        return original_publish(self, messages)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(outbox, "claim", claim)
+        mp.setattr(Sender, "publish", publish)
+        relay = Relay([connection.alias], batch_size=50)
+        relay.run(once=True)
+    assert relay.published == 150 and claimed_ahead.is_set()
+    ids = [r.headers["dbevents.event_id"] for r in broker.drain()]
+    assert sorted(ids) == sorted(e.id for e in events) and len(ids) == 150
