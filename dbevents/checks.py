@@ -134,20 +134,10 @@ def _check_serializer(where: str, label: str, path: Any) -> list[checks.CheckMes
     return []
 
 
-@checks.register("dbevents")
-def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """SERVICE_NAME, AMQP_URI, the DBEVENTS_* settings, and a capturing database."""
-    entries, _ = _entries()
+def publishing_checks() -> list[checks.CheckMessage]:
+    """What publishing needs, whatever MODELS_CRUD_EVENT says (the relay publishes rows already
+    in the outbox): a broker URI that parses, a transport that imports, valid DBEVENTS_* values."""
     errors: list[checks.CheckMessage] = []
-    if not entries:
-        return errors
-    service = conf.get("SERVICE_NAME")
-    if any(not e.get("service_name") for e in entries) and (not isinstance(service, str) or not service):
-        errors.append(checks.Error(
-            f"SERVICE_NAME is {service!r}, but MODELS_CRUD_EVENT has models without a 'service_name'.",
-            hint="Set SERVICE_NAME = 'your_service' (events go to the '<SERVICE_NAME>.events' exchange).",
-            id="dbevents.E006",
-        ))
     invalid = conf.problems()
     if "NAMEKO_CONFIG" in invalid:
         errors.append(checks.Error(
@@ -191,6 +181,24 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             hint="Remove it to use 'dbevents.transport.NamekoTransport'.",
             id="dbevents.E016",
         ))
+    return errors
+
+
+@checks.register("dbevents")
+def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """SERVICE_NAME, AMQP_URI, the DBEVENTS_* settings, and a capturing database."""
+    entries, _ = _entries()
+    errors: list[checks.CheckMessage] = []
+    if not entries:
+        return errors
+    service = conf.get("SERVICE_NAME")
+    if any(not e.get("service_name") for e in entries) and (not isinstance(service, str) or not service):
+        errors.append(checks.Error(
+            f"SERVICE_NAME is {service!r}, but MODELS_CRUD_EVENT has models without a 'service_name'.",
+            hint="Set SERVICE_NAME = 'your_service' (events go to the '<SERVICE_NAME>.events' exchange).",
+            id="dbevents.E006",
+        ))
+    errors += publishing_checks()
     import sqlite3
 
     if sqlite3.sqlite_version_info < (3, 35) and any(
@@ -213,8 +221,11 @@ def check_delivery(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 
 
 def configuration_errors() -> list[checks.CheckMessage]:
-    """The errors of the dbevents checks (for the commands, which do not run the system checks)."""
+    """The errors of the dbevents checks (for the commands, which do not run the system checks),
+    the publishing ones included even when no model is registered."""
     found = [*check_models(), *check_delivery()]
+    seen = {(m.id, m.msg) for m in found}
+    found += [m for m in publishing_checks() if (m.id, m.msg) not in seen]
     return [m for m in found if m.is_serious()]
 
 

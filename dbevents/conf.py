@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
@@ -207,7 +207,8 @@ def _secrets() -> list[str]:
         if "@" in rest:
             info = rest.rsplit("@", 1)[0]
             password = info.split(":", 1)[1] if ":" in info else info
-            found.update(piece for piece in re.split(r"[/#?@:]", password) + [password, info] if len(piece) >= 3)
+            found.update(piece for piece in re.split(r"[/#?@:]", password) + [password, info, unquote(password)]
+                         if len(piece) >= 3)
     return sorted(found, key=len, reverse=True)
 
 

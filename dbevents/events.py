@@ -140,6 +140,12 @@ class Committed:
     def describe(self) -> str:
         return describe_events(self.messages if self.messages is not None else self.events)
 
+    def split(self, size: int) -> tuple[Committed, Committed]:
+        """The first ``size`` events and the rest (a transaction published in chunks)."""
+        if self.messages is not None:
+            return (Committed([], self.alias, self.messages[:size]), Committed([], self.alias, self.messages[size:]))
+        return Committed(self.events[:size], self.alias), Committed(self.events[size:], self.alias)
+
 
 @functools.cache
 def _codec() -> tuple[str, str, Any]:

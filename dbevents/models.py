@@ -45,7 +45,7 @@ class OutboxMessage(models.Model):
     last_error = models.TextField(blank=True, default="")
     sent_at = models.DateTimeField(null=True, blank=True)
     #: ``<model label>:<primary key>``: the events of one row are published in ``id`` order.
-    event_key = models.CharField(max_length=191, blank=True, default="")
+    event_key = models.CharField(max_length=191, blank=True, default="", db_default="")
     dead_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

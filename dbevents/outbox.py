@@ -18,8 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +30,7 @@ from django.db import connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from dbevents import conf, outbox_sql, sqlite_gate
+from dbevents import conf, outbox_sql, owners, sqlite_gate
 from dbevents.events import HEADER_EVENT_ID, HEADER_ORDINAL, HEADER_TRANSACTION_ID, Message, headers_json
 
 if TYPE_CHECKING:
@@ -43,11 +41,6 @@ logger = logging.getLogger("dbevents")
 TABLE = outbox_sql.TABLE
 UNROUTABLE = "unroutable: "
 DEAD = "cannot be encoded: "
-
-
-def process_owner() -> str:
-    """The lease owner written on the rows this process commits: ``commit:<host>:<pid>``."""
-    return f"commit:{socket.gethostname()}:{os.getpid()}"[:100]
 
 
 def store(connection: BaseDatabaseWrapper, messages: list[Message],
@@ -61,7 +54,7 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message],
     adapt = connection.ops.adapt_datetimefield_value
     created = adapt(now)
     available = adapt(now + timedelta(seconds=float(conf.get("DBEVENTS_OUTBOX_LEASE"))))
-    owner = process_owner()
+    owner = owners.process_owner()
     rows = [
         (m.headers[HEADER_EVENT_ID], m.headers[HEADER_TRANSACTION_ID], m.headers[HEADER_ORDINAL], m.service_name,
          m.routing_key, m.body, m.content_type, m.content_encoding, headers_json(m.headers), created, available,
@@ -79,6 +72,18 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message],
         raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {len(messages)} rows")
     alias = connection.alias
     return [replace(m, outbox_id=i, alias=alias) for m, i in zip(messages, ids, strict=True)]
+
+
+def holds_connections() -> bool:
+    """Whether this thread has a database connection open (the publisher thread's, after
+    marking outbox rows)."""
+    return any(conn.connection is not None for conn in connections.all(initialized_only=True))
+
+
+def close_connections() -> None:
+    """Close this thread's database connections."""
+    for conn in connections.all(initialized_only=True):
+        conn.close()
 
 
 def outbox_model() -> Any:
@@ -274,41 +279,53 @@ def _message(row: tuple[Any, ...], alias: str) -> Message:
     return Message(service, routing_key, bytes(body), content_type, content_encoding, json.loads(headers), pk, alias)
 
 
-def release(messages: Sequence[Message], error: str, *, backoff: bool = True) -> None:
-    """Give claimed rows that could not be published back, with their next attempt scheduled
-    after an exponential back-off (``DBEVENTS_PUBLISH_RETRY_DELAY`` doubled per attempt, capped at
+def release(messages: Sequence[Message], error: str, *, owner: str, backoff: bool = True) -> None:
+    """Give rows that could not be published back, with their next attempt scheduled after an
+    exponential back-off (``DBEVENTS_PUBLISH_RETRY_DELAY`` doubled per attempt, capped at
     ``DBEVENTS_PUBLISH_RETRY_MAX_DELAY``). Nothing expires: a row is retried until it is sent.
     Without ``backoff`` (rows not attempted: held back for order, a full queue, an exiting
-    process) they are available at once, and ``error`` is not recorded."""
+    process) they are available at once, and ``error`` is not recorded. Only rows still leased
+    to ``owner`` (a process or relay name) change: one whose lease ran out and that another
+    relay took keeps that relay's lease."""
     from django.db.models import F
 
     model = outbox_model()
+    ours = Q(sent_at__isnull=True) & (Q(lease_owner=owner) | Q(lease_owner__startswith=f"{owner}:"))
     for alias, ids in _by_alias(messages).items():
-        manager = model.objects.using(alias)
+        leased = model.objects.using(alias).filter(ours)
         if not backoff:
-            _retrying(alias, functools.partial(_make_available, manager, ids))
+            _retrying(alias, functools.partial(_make_available, leased, ids))
             continue
 
-        def give_back(manager: Any = manager, ids: list[int] = ids) -> None:
-            attempts = dict(manager.filter(pk__in=ids).values_list("id", "attempts"))
+        def give_back(rows: Any = leased, ids: list[int] = ids) -> None:
             by_attempts: dict[int, list[int]] = {}
-            for i, n in attempts.items():
-                by_attempts.setdefault(n, []).append(i)
+            for chunk in _chunks(ids):
+                for i, n in rows.filter(pk__in=chunk).values_list("id", "attempts"):
+                    by_attempts.setdefault(n, []).append(i)
             now = timezone.now()
             for n, group in by_attempts.items():
                 wait = min(float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY")) * 2 ** n,
                            float(conf.get("DBEVENTS_PUBLISH_RETRY_MAX_DELAY")))
-                manager.filter(pk__in=group).update(
-                    attempts=F("attempts") + 1, last_error=error[:2000], lease_owner=None,
-                    available_at=now + timedelta(seconds=wait),
-                )
+                for chunk in _chunks(group):
+                    rows.filter(pk__in=chunk).update(attempts=F("attempts") + 1, last_error=error[:2000],
+                                                     lease_owner=None, available_at=now + timedelta(seconds=wait))
 
         _retrying(alias, give_back)
 
 
-def _make_available(manager: Any, ids: list[int]) -> None:
+def _make_available(rows: Any, ids: list[int]) -> None:
     for chunk in _chunks(ids):
-        manager.filter(pk__in=chunk, sent_at__isnull=True).update(lease_owner=None, available_at=None)
+        rows.filter(pk__in=chunk).update(lease_owner=None, available_at=None)
+
+
+def next_due(alias: str) -> float | None:
+    """Seconds until the next row in back-off may be claimed on ``alias`` (0: now), or None when
+    none waits. Rows queued behind an earlier unsent event of their row do not count: they
+    become claimable when that one is sent, not at a time."""
+    now = timezone.now()
+    due = (outbox_model().objects.using(alias).filter(unsent(), lease_owner__isnull=True, available_at__isnull=False)
+           .filter(_first_of_its_row()).order_by("available_at").values_list("available_at", flat=True).first())
+    return None if due is None else max(0.0, (due - now).total_seconds())
 
 
 def release_dead_owners(alias: str, is_dead: Callable[[str], bool]) -> int:

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from dbevents import conf, outbox, runtime
+from dbevents import conf, ordering, outbox, owners, runtime
 from dbevents.events import Committed, Message, describe_events, encode_each
 from dbevents.transport import PublishResult, Sender, describe_error
 
@@ -120,16 +120,16 @@ class Publisher:
             with self._cond:
                 while not self._queue and not self._to_release:
                     if self._release:
-                        _close_db_connections()
+                        outbox.close_connections()
                         self._release = False
                         self._cond.notify_all()
-                    elif not _holds_db_connections():
+                    elif not outbox.holds_connections():
                         self._cond.wait()
                     elif not self._cond.wait(self.idle_release) and not self._queue:
                         # Idle: a database connection held by this thread (marking outbox rows)
                         # would outlive the request cycle that closes the others (and block
                         # dropping a test database).
-                        _close_db_connections()
+                        outbox.close_connections()
                 to_release, self._to_release = self._to_release, []
                 taken = self._take(int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE")))
                 size = sum(len(b) for b in taken)
@@ -161,8 +161,7 @@ class Publisher:
             if len(batch) > room:
                 if taken:
                     break
-                queue[0] = _rest(batch, room)
-                batch = _head(batch, room)
+                batch, queue[0] = batch.split(room)
             else:
                 queue.popleft()
             taken.append(batch)
@@ -171,8 +170,33 @@ class Publisher:
 
     def _deliver(self, batches: list[Committed]) -> None:
         """Publish ``batches``: retry what is not confirmed, then give it up (direct) or leave it
-        to the relay (outbox); mark what went out. An event whose row has an earlier event still
-        unsent (left to the relay) is left to the relay too, which publishes them in order."""
+        to the relay (outbox); mark what went out. Per row, events go out in commit order
+        (:mod:`dbevents.ordering`): an event whose row has an earlier event still unsent, or one
+        that failed here, is left to the relay, which publishes them in order."""
+        messages = ordering.commit_order(self._messages(batches))
+        held = self._held_back(messages)
+        if held:
+            logger.info("dbevents: %d event(s) wait for earlier events of the same rows, which dbevents_relay "
+                        "publishes first: %s", len(held), describe_events(held))
+            self._hand_to_relay(held, "an earlier event of the same row was unsent", backoff=False)
+            kept = {id(m) for m in held}
+            messages = [m for m in messages if id(m) not in kept]
+        done: list[Message] = []
+        returned: list[tuple[Message, str]] = []
+        failed_rows: set[str] = set()
+        for run in ordering.segments(messages):
+            behind = [m for m in run if m.outbox_id is not None and m.key in failed_rows]
+            if behind:
+                self._hand_to_relay(behind, "an earlier event of the same row failed", backoff=False)
+                run = [m for m in run if m.outbox_id is None or m.key not in failed_rows]
+            failed = self._send(run, done, returned)
+            failed_rows.update(m.key for m in failed if m.outbox_id is not None)
+        if done:
+            logger.debug("dbevents: published %d event(s)", len(done))
+        after_publish(done, returned)
+
+    def _messages(self, batches: list[Committed]) -> list[Message]:
+        """The messages of ``batches`` (direct events encoded here; those that cannot be are logged as lost)."""
         messages: list[Message] = []
         for batch in batches:
             if batch.messages is not None:
@@ -186,39 +210,37 @@ class Publisher:
             if len(unencodable) > 10:
                 logger.error("dbevents: %d more event(s) cannot be encoded for the broker and are lost: %s",
                              len(unencodable) - 10, describe_events([u.event for u in unencodable[10:]]))
-        held = self._held_back(messages)
-        if held:
-            logger.info("dbevents: %d event(s) wait for earlier events of the same rows, which dbevents_relay "
-                        "publishes first: %s", len(held), describe_events(held))
-            self._hand_to_relay(held, "an earlier event of the same row was unsent", backoff=False)
-            kept = {id(m) for m in held}
-            messages = [m for m in messages if id(m) not in kept]
+        return messages
+
+    def _send(self, messages: list[Message], done: list[Message], returned: list[tuple[Message, str]]) -> list[Message]:
+        """Publish ``messages`` with retries, adding what went out to ``done`` and ``returned``;
+        returns what did not (given up, or rejected with its exchange)."""
         pending = messages
+        failed: list[Message] = []
         attempts = max(1, int(conf.get("DBEVENTS_PUBLISH_RETRIES")))
         delay = float(conf.get("DBEVENTS_PUBLISH_RETRY_DELAY"))
-        done: list[Message] = []
-        returned: list[tuple[Message, str]] = []
         for attempt in range(1, attempts + 1):
+            if not pending:
+                break
             result = self._publish(pending)
             done.extend(result.confirmed)
             returned.extend(result.returned)
             self._reject(result.rejected)
+            failed += [m for m, _ in result.rejected]
             pending = result.failed
             if not pending:
                 break
             why = conf.redact(describe_error(result.error))
             if attempt == attempts or self._stopping:
                 self._give_up(pending, f"publishing failed after {attempt} attempt(s)", why)
-                break
+                return failed + pending
             logger.warning(
                 "dbevents: %d of %d event(s) not confirmed by the broker (attempt %d of %d, %s); retrying in %.1fs",
                 len(pending), len(messages), attempt, attempts, why, delay,
             )
             time.sleep(delay)
             delay = min(delay * 2, float(conf.get("DBEVENTS_PUBLISH_RETRY_MAX_DELAY")))
-        if done:
-            logger.debug("dbevents: published %d event(s)", len(done))
-        after_publish(done, returned)
+        return failed
 
     def _held_back(self, messages: list[Message]) -> list[Message]:
         """The outbox messages of ``messages`` that an earlier unsent event of their row precedes."""
@@ -256,7 +278,7 @@ class Publisher:
         if not in_outbox:
             return
         try:
-            outbox.release(in_outbox, why, backoff=backoff)
+            outbox.release(in_outbox, why, owner=owners.process_owner(), backoff=backoff)
         except Exception:
             logger.exception("dbevents: could not hand %d outbox row(s) to the relay; it takes them when "
                              "their lease (DBEVENTS_OUTBOX_LEASE) ends: %s", len(in_outbox),
@@ -293,7 +315,8 @@ class Publisher:
                 left = list(self._current) + list(self._queue)
                 self._queue.clear()
                 self._queued = sum(len(b) for b in self._current)
-            messages = [m for b in left for m in b.messages or ()]
+                refused, self._to_release = self._to_release, []   # queue was full: not queued at all
+            messages = refused + [m for b in left for m in b.messages or ()]
             events = [e for b in left if b.messages is None for e in b.events]
             why = f"exiting with {len(messages) + len(events)} unpublished event(s)"
             if messages:
@@ -306,18 +329,6 @@ class Publisher:
         self.release_connections(2.0)
 
 
-def _head(batch: Committed, size: int) -> Committed:
-    if batch.messages is not None:
-        return Committed([], batch.alias, batch.messages[:size])
-    return Committed(batch.events[:size], batch.alias)
-
-
-def _rest(batch: Committed, size: int) -> Committed:
-    if batch.messages is not None:
-        return Committed([], batch.alias, batch.messages[size:])
-    return Committed(batch.events[size:], batch.alias)
-
-
 def log_returned(returned: Sequence[tuple[Message, str]]) -> None:
     """One ERROR per reason: the broker returned these messages as unroutable."""
     by_reason: dict[str, list[Message]] = {}
@@ -327,20 +338,6 @@ def log_returned(returned: Sequence[tuple[Message, str]]) -> None:
         logger.error("dbevents: the broker returned %d event(s) as unroutable (%s); nobody received: %s "
                      "(bind a queue first, or set DBEVENTS_PUBLISH_MANDATORY = False)", len(messages), reason,
                      describe_events(messages))
-
-
-def _holds_db_connections() -> bool:
-    """Whether this thread has a database connection open (it marked outbox rows)."""
-    from django.db import connections
-
-    return any(conn.connection is not None for conn in connections.all(initialized_only=True))
-
-
-def _close_db_connections() -> None:
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        conn.close()
 
 
 _publisher: Publisher | None = None

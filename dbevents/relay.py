@@ -10,18 +10,16 @@ set-ups with several workers).
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 from django.db import connections, router
 
 from dbevents import conf, outbox, status
 from dbevents.events import Message, describe_events
+from dbevents.owners import default_worker_id, owner_is_dead
 from dbevents.publisher import after_publish
 from dbevents.transport import PublishResult, Sender, describe_error
 
@@ -47,32 +45,6 @@ def chosen_aliases(requested: Sequence[str] | None) -> list[str]:
         raise ValueError(f"--database {', '.join(unknown)}: no outbox there (databases with a dbevents "
                          f"ENGINE where the dbevents app migrates: {known or 'none'}).")
     return list(requested) if requested else known
-
-
-def default_worker_id() -> str:
-    return f"relay:{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """Whether the lease owner ``owner`` (``commit:<host>:<pid>`` or ``relay:<host>:<pid>:...``)
-    is a process of this host that no longer exists. Unknown owners, other hosts and processes
-    we may not signal count as alive: their rows wait for their lease."""
-    parts = owner.split(":")
-    if len(parts) < 3 or parts[0] not in ("commit", "relay") or parts[1] != socket.gethostname():
-        return False
-    try:
-        pid = int(parts[2])
-    except ValueError:
-        return False
-    if pid == os.getpid() or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:   # EPERM: it exists, under another user
-        return False
-    return False
 
 
 class Relay:
@@ -121,7 +93,11 @@ class Relay:
         try:
             while not self._stop.is_set():
                 self._maybe_reclaim()
-                handled = sum(self.relay_once(alias) for alias in self.aliases)
+                handled = 0
+                for alias in self.aliases:
+                    if self._stop.is_set():
+                        break
+                    handled += self.relay_once(alias)
                 self._maybe_cleanup()
                 if handled and not (once and self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES"))):
                     continue
@@ -129,11 +105,13 @@ class Relay:
                     wait = self._backoff_wait()
                     if self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES")):
                         # What is leased is in a live publisher's hands; the rest this run failed on.
+                        self._drop_ahead()
                         self.left = sum(s["pending"] - s["leased"] for s in map(status.stats, self.aliases))
                         break
                     if wait is None:
-                        # Nothing waits for a retry; what is left is leased, or queued behind an
-                        # earlier event of its row that another publisher holds (it sends both).
+                        # Nothing waits for a retry: what is left is leased by a live publisher,
+                        # or queued behind an earlier event of its row that one holds (a relay
+                        # takes it once that event is sent).
                         break
                     self._stop.wait(wait)
                     continue
@@ -142,10 +120,9 @@ class Relay:
             self.close()
 
     def _backoff_wait(self) -> float | None:
-        """Seconds until the next row in back-off is due, or None when none waits (only rows
-        leased by live publishers may be left: they publish them)."""
-        waits = [s["next_attempt_in"] for s in map(status.stats, self.aliases) if s["next_attempt_in"] is not None]
-        return min(waits) + 0.05 if waits else None
+        """Seconds until the next row in back-off is due, or None when none waits."""
+        due = [d for d in map(outbox.next_due, self.aliases) if d is not None]
+        return min(due) + 0.05 if due else None
 
     def _maybe_reclaim(self) -> None:
         """Every few seconds, take at once the rows leased by processes of this host that died
@@ -169,7 +146,9 @@ class Relay:
         """Claim one batch on ``alias`` and publish it; returns how many rows it handled.
         While a full batch is published, the next one is claimed on another thread (claim,
         publish and mark overlap). Database errors are logged and retried on the next round."""
-        messages = self._ahead.take(alias)
+        messages, stale = self._ahead.take(alias, max_age=float(conf.get("DBEVENTS_OUTBOX_LEASE")) / 2)
+        if stale:   # claimed so long ago that its lease may run out while it is published
+            self._release(stale, "", backoff=False)
         if not messages:   # nothing claimed ahead, or claimed before this batch went out: look again
             messages = self._claim(alias)
         if messages is None:
@@ -206,7 +185,7 @@ class Relay:
                 logger.warning("dbevents relay %s: %d event(s) not confirmed by the broker (%s); they will be "
                                "retried with back-off: %s", self.worker_id, len(result.failed), why,
                                describe_events(result.failed))
-                outbox.release(result.failed, why)
+                self._release(result.failed, why)
             by_reason: dict[str, list] = {}
             for message, reason in result.rejected:
                 by_reason.setdefault(conf.redact(reason), []).append(message)
@@ -214,7 +193,7 @@ class Relay:
                 self.failed += len(messages)
                 logger.error("dbevents relay %s: %s; %d event(s) will be retried with back-off (the others "
                              "are not held up): %s", self.worker_id, reason, len(messages), describe_events(messages))
-                outbox.release(messages, reason)
+                self._release(messages, reason)
         if result.confirmed:
             logger.info("dbevents relay %s: published %d event(s)", self.worker_id, len(result.confirmed))
 
@@ -234,13 +213,28 @@ class Relay:
                 logger.info("dbevents relay %s: deleted %d sent row(s) older than DBEVENTS_OUTBOX_RETENTION "
                             "from %r", self.worker_id, deleted, alias)
 
-    def close(self) -> None:
+    def _release(self, messages: Sequence[Message], why: str, *, backoff: bool = True) -> None:
+        """Give rows back (with back-off, or at once); a database failure is logged, and the rows
+        are retried when their lease (``DBEVENTS_OUTBOX_LEASE``) ends."""
+        try:
+            outbox.release(messages, why, owner=self.worker_id, backoff=backoff)
+        except Exception:
+            logger.exception("dbevents relay %s: could not give %d outbox row(s) back; they are retried when "
+                             "their lease ends: %s", self.worker_id, len(messages), describe_events(messages))
+
+    def _drop_ahead(self) -> None:
+        """Give back the batches claimed ahead (never attempted): available again at once."""
         left = self._ahead.close()
-        if left:   # claimed ahead, never attempted: available again at once
-            outbox.release(left, "", backoff=False)
-        self._sender.reset()
-        for alias in self.aliases:
-            connections[alias].close()
+        if left:
+            self._release(left, "", backoff=False)
+
+    def close(self) -> None:
+        try:
+            self._drop_ahead()
+        finally:
+            self._sender.reset()
+            for alias in self.aliases:
+                connections[alias].close()
 
 
 class _ClaimAhead:
@@ -249,20 +243,27 @@ class _ClaimAhead:
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        self._ahead: dict[str, Future[list[Message] | None]] = {}
+        self._ahead: dict[str, Future[tuple[list[Message] | None, float]]] = {}
 
-    def start(self, alias: str, claim: Any) -> None:
+    def start(self, alias: str, claim: Callable[[str], list[Message] | None]) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbevents-relay-claim")
-        self._ahead[alias] = self._pool.submit(claim, alias)
+        self._ahead[alias] = self._pool.submit(lambda: (claim(alias), time.monotonic()))
 
-    def take(self, alias: str) -> list[Message] | None:
+    def take(self, alias: str, max_age: float) -> tuple[list[Message] | None, list[Message]]:
+        """The batch claimed ahead for ``alias`` ([] if none), and instead, when it was claimed
+        more than ``max_age`` seconds ago, ([], that batch) for the caller to give back."""
         future = self._ahead.pop(alias, None)
-        return future.result() if future is not None else []
+        if future is None:
+            return [], []
+        messages, claimed_at = future.result()
+        if messages and time.monotonic() - claimed_at > max_age:
+            return [], messages
+        return messages, []
 
     def close(self) -> list[Message]:
         """Stop the thread (closing its connections); returns what it claimed and nobody published."""
-        left = [m for future in self._ahead.values() for m in future.result() or ()]
+        left = [m for future in self._ahead.values() for m in future.result()[0] or ()]
         self._ahead.clear()
         if self._pool is not None:
             self._pool.submit(connections.close_all).result()

@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
+from dbevents import conf
 from dbevents.outbox import UNROUTABLE, outbox_model, unsent
 
 
@@ -40,10 +41,10 @@ def stats(alias: str) -> dict[str, Any]:
         "leased": counts["leased"],
         "retrying": counts["retrying"],
         "max_attempts": counts["max_attempts"] or 0,
-        "last_error": last or "",
+        "last_error": conf.redact(last or ""),   # rows written before redaction existed, too
         "unroutable": counts["unroutable"],
         "sent": counts["sent"],
         "dead": counts["dead"],
-        "last_dead_error": last_dead or "",
+        "last_dead_error": conf.redact(last_dead or ""),
         "next_attempt_in": max(0.0, (next_attempt - now).total_seconds()) if next_attempt else None,
     }

@@ -23,7 +23,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from dbevents import outbox, publisher
+from dbevents import ordering, outbox, owners, publisher
 from dbevents.models import OutboxMessage
 from dbevents.relay import Relay
 from dbevents.testing import capture_events
@@ -126,6 +126,13 @@ def test_a_dead_row_does_not_block_the_rows_later_events(broker):
         Customer.objects.filter(pk=row.pk).update(name="y")
         assert publisher.wait(30)
     assert [(r.action, r.pk) for r in broker.drain()] == [("updated", row.pk)]
+    # Nor a relay's claim: the row's next event, left in the outbox, is claimable.
+    with broker_down():
+        Customer.objects.filter(pk=row.pk).update(name="z")
+        assert publisher.wait(30)
+    OutboxMessage.objects.update(available_at=None)
+    Relay([connection.alias]).run(once=True)
+    assert [(r.action, r.payload["name"]) for r in broker.drain()] == [("updated", "z")]
 
 
 def dead_pid() -> int:
@@ -137,7 +144,7 @@ def dead_pid() -> int:
 def test_rows_of_a_crashed_writer_on_this_host_are_taken_at_once(broker):
     events = backlog(20)
     # As a writer killed between COMMIT and publishing leaves them: leased for the full lease.
-    owner = outbox.process_owner().rsplit(":", 1)[0] + f":{dead_pid()}"
+    owner = owners.process_owner().replace(f":{os.getpid()}@", f":{dead_pid()}@")
     OutboxMessage.objects.update(lease_owner=owner, available_at=timezone.now() + timedelta(seconds=600))
     out = io.StringIO()
     call_command("dbevents_relay", "--database", connection.alias, "--once", stdout=out)
@@ -150,11 +157,17 @@ def test_rows_of_a_live_or_foreign_owner_wait_for_their_lease():
         Customer.objects.create(name="x")
         assert publisher.wait(30)
     until = timezone.now() + timedelta(seconds=600)
-    for owner in (outbox.process_owner(), f"commit:another-host:{dead_pid()}", "my-relay:1"):
+    gone = dead_pid()
+    this = owners.process_owner()
+    for owner in (
+        this,                                                   # alive
+        f"commit:another-host:{gone}@{this.rsplit('@', 1)[1]}",  # another host
+        this.replace(f":{os.getpid()}@", f":{gone}@") + "0",     # another pid namespace (a sidecar)
+        f"commit:{this.split(':')[1]}:{gone}",                  # no namespace: cannot tell
+        "my-relay:1",                                           # a name given with --worker-id
+    ):
         OutboxMessage.objects.update(lease_owner=owner, available_at=until)
-        from dbevents.relay import owner_is_dead
-
-        assert outbox.release_dead_owners(connection.alias, owner_is_dead) == 0
+        assert outbox.release_dead_owners(connection.alias, owners.owner_is_dead) == 0, owner
         assert OutboxMessage.objects.get().lease_owner == owner
 
 
@@ -250,3 +263,95 @@ def test_the_claim_asks_the_row_key_index_even_with_stale_statistics():
     fill(10, 20_000)
     plan = outbox.claimable(connection.alias, timezone.now()).values_list("id", flat=True)[:1000].explain()
     assert "dbevents_outbox_key_unsent" in plan, plan
+
+
+def message(outbox_id, pk, action="updated"):
+    from dbevents.events import Message
+
+    return Message("s", f"customer__{action}", b"{}", "application/json", "utf-8",
+                   {"dbevents.event_id": f"e{outbox_id}", "dbevents.model": "shop.Customer", "dbevents.pk": pk},
+                   outbox_id, "default")
+
+
+def test_commit_order_and_segments():
+    later, earlier, other, direct = message(11, 1), message(10, 1, "created"), message(12, 2), message(None, 3)
+    assert ordering.commit_order([later, direct, earlier, other]) == [earlier, direct, later, other]
+    # Statement order kept; cut where a row repeats.
+    assert ordering.segments([earlier, other, later, direct]) == [[earlier, other], [later, direct]]
+    assert ordering.segments([other, direct]) == [[other, direct]] and ordering.segments([]) == []
+
+
+class RecordingTransport:
+    """Confirms everything but the events in ``refuse`` (a broker nack); records what it confirmed."""
+
+    refuse: set[str] = set()
+    confirmed: list[tuple[str, object]] = []
+
+    def publish(self, messages):
+        from dbevents.transport import PublishResult
+
+        result = PublishResult()
+        for m in messages:
+            if m.routing_key in self.refuse:
+                result.failed.append(m)
+            else:
+                result.confirmed.append(m)
+                RecordingTransport.confirmed.append((m.routing_key, m.headers["dbevents.pk"]))
+        if result.failed:
+            result.error = RuntimeError(f"the broker rejected (nack) {len(result.failed)} message(s)")
+        return result
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def recording():
+    RecordingTransport.refuse, RecordingTransport.confirmed = set(), []
+    with override_settings(DBEVENTS_TRANSPORT="tests.test_ordering.RecordingTransport", DBEVENTS_PUBLISH_RETRIES=2):
+        yield RecordingTransport
+
+
+def test_a_nacked_event_keeps_its_rows_later_events_back(recording):
+    recording.refuse = {"customer__created"}
+    with capture_events(publish=True):
+        with transaction.atomic():
+            row = Customer.objects.create(name="x")
+            Customer.objects.filter(pk=row.pk).update(name="y")
+            other = Customer.objects.create(name="other")
+        assert publisher.wait(30)
+    # Neither of the row's later events went out before its created event (nor did "other"'s,
+    # whose created was refused too); both wait in the outbox, in order, for the relay.
+    assert recording.confirmed == []
+    pending = list(OutboxMessage.objects.filter(sent_at__isnull=True).order_by("id").values_list(
+        "routing_key", "attempts"))
+    assert pending == [("customer__created", 1), ("customer__updated", 0), ("customer__created", 1)]
+    recording.refuse = set()
+    OutboxMessage.objects.update(available_at=None)
+    Relay([connection.alias]).run(once=True)
+    actions = [(key, pk) for key, pk in recording.confirmed]
+    assert actions.index(("customer__created", row.pk)) < actions.index(("customer__updated", row.pk))
+    assert sorted(actions) == sorted([("customer__created", row.pk), ("customer__updated", row.pk),
+                                      ("customer__created", other.pk)])
+
+
+def test_one_process_publishes_in_outbox_order_whatever_order_its_threads_queued(recording):
+    from dbevents.events import Committed
+
+    first, second = message(10, 1, "created"), message(11, 1)
+    pub = publisher.Publisher()
+    # Thread B committed after thread A (it waited for A's row lock) but queued first.
+    pub._deliver([Committed([], "default", [second]), Committed([], "default", [first])])
+    assert recording.confirmed == [("customer__created", 1), ("customer__updated", 1)]
+
+
+def test_a_batch_claimed_ahead_too_long_ago_is_given_back_not_published():
+    from dbevents.relay import _ClaimAhead
+
+    ahead = _ClaimAhead()
+    batch = [message(1, 1)]
+    ahead.start("default", lambda alias: batch)
+    assert ahead.take("default", max_age=0.0) == ([], batch)
+    ahead.start("default", lambda alias: batch)
+    assert ahead.take("default", max_age=60.0) == (batch, [])
+    assert ahead.close() == []

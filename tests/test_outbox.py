@@ -378,3 +378,39 @@ def test_the_relay_claims_its_next_batch_while_it_publishes_the_current_one(brok
     assert relay.published == 150 and claimed_ahead.is_set()
     ids = [r.headers["dbevents.event_id"] for r in broker.drain()]
     assert sorted(ids) == sorted(e.id for e in events) and len(ids) == 150
+
+
+def test_a_database_failure_giving_rows_back_is_logged_and_the_relay_goes_on(monkeypatch, caplog):
+    from django.db import OperationalError
+
+    backlog(3)
+    calls = []
+
+    def broken_release(*args, **kwargs):
+        calls.append(args)
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(outbox, "release", broken_release)
+    with broker_down():
+        relay = Relay([connection.alias])
+        relay.run(once=True)   # returns: the failures are logged, not raised
+    assert calls and relay.published == 0
+    assert "could not give 3 outbox row(s) back; they are retried when their lease ends" in caplog.text
+
+
+def test_the_migration_gives_rows_left_from_before_it_their_row_key():
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("dbevents.migrations.0002_event_key_dead_at")
+    with broker_down():
+        customer = Customer.objects.create(name="from before the upgrade")
+        assert publisher.wait(30)
+    OutboxMessage.objects.update(event_key="")
+
+    class Editor:
+        connection = connection
+
+    migration.fill_event_keys(apps, Editor())
+    assert list(OutboxMessage.objects.values_list("event_key", flat=True)) == [f"shop.Customer:{customer.pk}"]

@@ -199,3 +199,12 @@ def test_the_relay_and_status_run_despite_check_errors_that_do_not_concern_them(
     assert "warning: MODELS_CRUD_EVENT[1] names model 'shop.Nope'" in warnings and "dbevents.E002" in warnings
     assert "dbevents.E003" in warnings
     assert [r.headers["dbevents.event_id"] for r in broker.drain()] == [events[0].id]
+
+
+def test_the_relay_refuses_a_broken_uri_even_with_no_model_registered():
+    uri = f"amqp://guest:{PASSWORD}@127.0.0.1:5672/"
+    with override_settings(MODELS_CRUD_EVENT=[], NAMEKO_CONFIG={"AMQP_URI": uri}):
+        with pytest.raises(CommandError) as refused:
+            call_command("dbevents_relay", "--database", connection.alias, "--once", stdout=io.StringIO(),
+                         stderr=io.StringIO())
+    assert "cannot publish: AMQP_URI cannot be parsed" in str(refused.value) and not leaks(str(refused.value))

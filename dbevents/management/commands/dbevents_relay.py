@@ -35,7 +35,7 @@ class Command(BaseCommand):
                             help="Exit when nothing is left to publish (for cron jobs and deploy hooks).")
         parser.add_argument("--worker-id", help="Name of this relay in the rows it leases. A relay restarted "
                                                 "with the same id takes back its leases at once (default: "
-                                                "relay:<host>:<pid>).")
+                                                "relay:<host>:<pid>@<pid namespace>).")
         parser.add_argument("--batch-size", type=int, default=1000, help="Rows claimed per batch (default 1000).")
         parser.add_argument("--idle", type=float, default=1.0,
                             help="Seconds to sleep when the outbox is empty (default 1).")
