@@ -165,7 +165,10 @@ def test_an_exchange_that_cannot_be_declared_holds_up_only_its_own_events(broker
                 sent_at=None, lease_owner=None, available_at=None)
             with override_settings(DBEVENTS_PUBLISH_RETRIES=1):
                 relay = Relay([connection.alias])
-                assert relay.relay_once(connection.alias) == 2 and relay.published == 1
+                try:
+                    assert relay.relay_once(connection.alias) == 2 and relay.published == 1
+                finally:
+                    relay.close()
             assert [(r.name, r.pk) for r in broker.drain()] == [("order__updated", order.pk)]
             assert OutboxMessage.objects.get(pk=stuck.pk).attempts == 2
             clash.delete()
