@@ -110,3 +110,37 @@ def test_cascade_delete(own_queries, n):
         c.delete()
     assert len(events) == 2 * n + 1
     assert own_queries == []
+
+
+def test_marking_rows_sent_is_one_transaction_of_one_statement_per_thousand_rows(monkeypatch):
+    """The publisher's mark after a confirm: one UPDATE per 1,000 rows, one COMMIT, and on
+    PostgreSQL without waiting for the disk (a lost mark only means a duplicate)."""
+    from dbevents import outbox, publisher
+    from dbevents.models import OutboxMessage
+    from tests.test_outbox import broker_down
+
+    with broker_down():
+        Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(1500)])
+        assert publisher.wait(30)
+    from dbevents.events import Message
+
+    messages = [Message("s", "r", b"", "", "", {}, pk, connection.alias)
+                for pk in OutboxMessage.objects.values_list("id", flat=True)]
+    seen = []
+
+    def record(execute, sql, params, many, context):
+        seen.append(sql.split()[0].upper() + (" " + sql.split()[1].upper() if sql.startswith("SET") else ""))
+        return execute(sql, params, many, context)
+
+    from django.db import connections
+
+    commits = []
+    real = connections[connection.alias]
+    original_commit = real.commit
+    monkeypatch.setattr(real, "commit", lambda: (commits.append(1), original_commit())[1])
+    with connection.execute_wrapper(record):
+        outbox.mark_published(messages, [])
+    assert len(commits) == 1
+    expected_set = ["SET LOCAL"] if connection.vendor == "postgresql" else []
+    assert [s for s in seen if s not in ("BEGIN", "SAVEPOINT", "RELEASE")] == [*expected_set, "UPDATE", "UPDATE"]
+    assert not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
