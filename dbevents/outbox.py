@@ -196,11 +196,20 @@ def _first_of_its_row() -> Q:
     return Q(event_key="") | Q(~Exists(earlier))
 
 
+def _available(now: datetime) -> Q:
+    """Unsent rows neither leased nor in back-off at ``now``."""
+    return unsent() & (Q(available_at__isnull=True) | Q(available_at__lte=now))
+
+
+def _leased_to(owner: str) -> Q:
+    """Unsent rows leased to ``owner``: as written at COMMIT, or with a claim's token after it."""
+    return Q(sent_at__isnull=True) & (Q(lease_owner=owner) | Q(lease_owner__startswith=f"{owner}:"))
+
+
 def claimable(alias: str, now: datetime) -> Any:
     """The rows a relay may claim at ``now``, in ``id`` order: unsent, not leased nor in back-off,
     and the first unsent event of their row."""
-    available = unsent() & (Q(available_at__isnull=True) | Q(available_at__lte=now))
-    return outbox_model().objects.using(alias).filter(available).filter(_first_of_its_row()).order_by("id")
+    return outbox_model().objects.using(alias).filter(_available(now)).filter(_first_of_its_row()).order_by("id")
 
 
 def claim(alias: str, owner: str, limit: int) -> list[Message]:
@@ -217,7 +226,6 @@ def claim(alias: str, owner: str, limit: int) -> list[Message]:
     until = now + timedelta(seconds=float(conf.get("DBEVENTS_OUTBOX_LEASE")))
     token = f"{owner}:{uuid.uuid4().hex[:8]}"[-100:]
     manager = model.objects.using(alias)
-    available = unsent() & (Q(available_at__isnull=True) | Q(available_at__lte=now))
     candidates = claimable(alias, now)
     connection = connections[alias]
     with transaction.atomic(using=alias):
@@ -232,7 +240,7 @@ def claim(alias: str, owner: str, limit: int) -> list[Message]:
             # Without SKIP LOCKED the lock waits for another relay's claim; what it leased
             # meanwhile no longer matches when the UPDATE looks again.
             ids = list(candidates.select_for_update().values_list("id", flat=True)[:limit])
-            if not ids or not manager.filter(pk__in=ids).filter(available).update(lease_owner=token,
+            if not ids or not manager.filter(pk__in=ids).filter(_available(now)).update(lease_owner=token,
                                                                                   available_at=until):
                 return []
         # One statement: the database serializes it against other relays' claims.
@@ -306,7 +314,7 @@ def release(messages: Sequence[Message], error: str, *, owner: str, backoff: boo
     from django.db.models import F
 
     model = outbox_model()
-    ours = Q(sent_at__isnull=True) & (Q(lease_owner=owner) | Q(lease_owner__startswith=f"{owner}:"))
+    ours = _leased_to(owner)
     for alias, ids in _by_alias(messages).items():
         leased = model.objects.using(alias).filter(ours)
         if not backoff:
@@ -359,8 +367,7 @@ def release_dead_owners(alias: str, is_dead: Callable[[str], bool]) -> int:
 def release_owner(alias: str, owner: str) -> int:
     """Make the rows still leased by ``owner`` (a relay restarted under the same worker id)
     available again at once; returns how many."""
-    return int(outbox_model().objects.using(alias).filter(sent_at__isnull=True, lease_owner__startswith=f"{owner}:")
-               .update(lease_owner=None, available_at=None))
+    return int(outbox_model().objects.using(alias).filter(_leased_to(owner)).update(lease_owner=None, available_at=None))
 
 
 def cleanup(alias: str, retention: float | None = None) -> int:

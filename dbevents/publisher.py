@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from dbevents import conf, ordering, outbox, owners, runtime
-from dbevents.events import Committed, Message, describe_events, encode_each
+from dbevents.events import Committed, Message, Unencodable, describe_events, encode_each
 from dbevents.transport import PublishResult, Sender, describe_error
 
 logger = logging.getLogger("dbevents")
@@ -204,12 +204,7 @@ class Publisher:
                 continue
             encoded, unencodable = encode_each(batch.events, alias=batch.alias)
             messages.extend(encoded)
-            for u in unencodable[:10]:
-                logger.error("dbevents: event %s cannot be encoded for the broker: %s; it is lost (direct "
-                             "delivery)", u.event.describe(), u.why)
-            if len(unencodable) > 10:
-                logger.error("dbevents: %d more event(s) cannot be encoded for the broker and are lost: %s",
-                             len(unencodable) - 10, describe_events([u.event for u in unencodable[10:]]))
+            log_unencodable(unencodable, batch.alias, len(encoded), kept=False)
         return messages
 
     def _send(self, messages: list[Message], done: list[Message], returned: list[tuple[Message, str]]) -> list[Message]:
@@ -230,7 +225,7 @@ class Publisher:
             pending = result.failed
             if not pending:
                 break
-            why = conf.redact(describe_error(result.error))
+            why = describe_error(result.error)
             if attempt == attempts or self._stopping:
                 self._give_up(pending, f"publishing failed after {attempt} attempt(s)", why)
                 return failed + pending
@@ -260,16 +255,9 @@ class Publisher:
         back-off, and what is unroutable or undeliverable on its own costs only itself."""
         by_reason: dict[str, list[Message]] = {}
         for message, reason in rejected:
-            by_reason.setdefault(conf.redact(reason), []).append(message)
+            by_reason.setdefault(reason, []).append(message)
         for reason, messages in by_reason.items():
-            lost = [m for m in messages if m.outbox_id is None]
-            if lost:
-                logger.error("dbevents: %s; %d event(s) lost: %s", reason, len(lost), describe_events(lost))
-            kept = [m for m in messages if m.outbox_id is not None]
-            if kept:
-                logger.error("dbevents: %s; %d event(s) stay in the outbox, retried by dbevents_relay with "
-                             "back-off: %s", reason, len(kept), describe_events(kept))
-                self._hand_to_relay(kept, reason)
+            self._give_up(messages, "the broker cannot take them", reason, level=logging.ERROR)
 
     def _hand_to_relay(self, messages: list[Message], why: str, *, backoff: bool = True) -> None:
         """End this process's lease on outbox rows it does not publish, so that a relay takes
@@ -284,14 +272,14 @@ class Publisher:
                              "their lease (DBEVENTS_OUTBOX_LEASE) ends: %s", len(in_outbox),
                              describe_events(in_outbox))
 
-    def _give_up(self, messages: list[Message], what: str, error: str) -> None:
-        """Unpublished after every attempt: outbox rows go to the relay (one WARNING; ``error``
-        becomes their ``last_error``), the rest is lost (one ERROR naming the first ids and the count)."""
+    def _give_up(self, messages: list[Message], what: str, error: str, *, level: int = logging.WARNING) -> None:
+        """Not published here: outbox rows go to the relay (one line at ``level``; ``error`` becomes
+        their ``last_error``), the rest is lost (one ERROR naming the first ids and the count)."""
         in_outbox = [m for m in messages if m.outbox_id is not None]
         lost = [m for m in messages if m.outbox_id is None]
         if in_outbox:
-            logger.warning("dbevents: %s (%s); %d event(s) stay in the outbox for dbevents_relay: %s",
-                           what, error, len(in_outbox), describe_events(in_outbox))
+            logger.log(level, "dbevents: %s (%s); %d event(s) stay in the outbox for dbevents_relay: %s",
+                       what, error, len(in_outbox), describe_events(in_outbox))
             self._hand_to_relay(in_outbox, error)
         if lost:
             # ``error`` names the broker's error (redacted): its traceback could carry the URI.
@@ -327,6 +315,19 @@ class Publisher:
                 logger.error("dbevents: %s; %d event(s) lost (direct delivery): %s", why, len(events),
                              describe_events(events))
         self.release_connections(2.0)
+
+
+def log_unencodable(unencodable: Sequence[Unencodable], alias: str | None, others: int, *, kept: bool) -> None:
+    """One ERROR per event whose serializer output cannot be encoded (the first ten, then a
+    count): model, pk, the value at fault and the real cause."""
+    fate = (f"it is kept in the outbox of {alias!r} as dead (see dbevents_status)" if kept
+            else "it is lost (direct delivery)")
+    for u in unencodable[:10]:
+        logger.error("dbevents: event %s cannot be encoded for the broker: %s; %s; the transaction's other "
+                     "%d event(s) are published", u.event.describe(), u.why, fate, others)
+    if len(unencodable) > 10:
+        logger.error("dbevents: %d more event(s) of the transaction on %r cannot be encoded either: %s",
+                     len(unencodable) - 10, alias, describe_events([u.event for u in unencodable[10:]]))
 
 
 def log_returned(returned: Sequence[tuple[Message, str]]) -> None:

@@ -99,15 +99,16 @@ class Relay:
                         break
                     handled += self.relay_once(alias)
                 self._maybe_cleanup()
-                if handled and not (once and self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES"))):
+                gave_up = once and self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES"))
+                if handled and not gave_up:
                     continue
                 if once:
-                    wait = self._backoff_wait()
-                    if self._failing >= int(conf.get("DBEVENTS_PUBLISH_RETRIES")):
+                    if gave_up:
                         # What is leased is in a live publisher's hands; the rest this run failed on.
                         self._drop_ahead()
                         self.left = sum(s["pending"] - s["leased"] for s in map(status.stats, self.aliases))
                         break
+                    wait = self._backoff_wait()
                     if wait is None:
                         # Nothing waits for a retry: what is left is leased by a live publisher,
                         # or queued behind an earlier event of its row that one holds (a relay
@@ -188,7 +189,7 @@ class Relay:
                 self._release(result.failed, why)
             by_reason: dict[str, list] = {}
             for message, reason in result.rejected:
-                by_reason.setdefault(conf.redact(reason), []).append(message)
+                by_reason.setdefault(reason, []).append(message)
             for reason, messages in by_reason.items():
                 self.failed += len(messages)
                 logger.error("dbevents relay %s: %s; %d event(s) will be retried with back-off (the others "

@@ -174,8 +174,8 @@ class NamekoTransport:
                 try:
                     exchange(self.channel).declare()   # a no-op when DECLARE_EVENT_EXCHANGES is False
                 except ChannelError as exc:
-                    rejected[service] = (f"the exchange {exchange.name!r} cannot be declared "
-                                         f"({type(exc).__name__}: {getattr(exc, 'reply_text', exc)})")
+                    rejected[service] = conf.redact(f"the exchange {exchange.name!r} cannot be declared "
+                                                    f"({type(exc).__name__}: {getattr(exc, 'reply_text', exc)})")
                     self._open_channel()
                     continue
                 self._declared.add(exchange.name)

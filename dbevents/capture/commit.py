@@ -11,7 +11,7 @@ from dbevents.capture.pending import PendingEvents, describe
 from dbevents.capture.rows import Rows
 from dbevents.capture.serialization import build_events
 from dbevents.capture.vendors import Vendor
-from dbevents.events import Committed, Message, Unencodable, describe_events, encode_each
+from dbevents.events import Committed, Message, describe_events, encode_each
 
 if TYPE_CHECKING:
     from dbevents.events import Event
@@ -90,19 +90,5 @@ def store(connection: Any, events: list[Event]) -> list[Message] | None:
             type(exc).__name__, exc, connection.alias, describe_events(events), exc_info=True,
         )
         return None
-    log_unencodable(unencodable, connection.alias, len(messages), kept=True)
+    publisher.log_unencodable(unencodable, connection.alias, len(messages), kept=True)
     return stored[:len(messages)]
-
-
-def log_unencodable(unencodable: list[Unencodable], alias: str, others: int, *, kept: bool) -> None:
-    """One ERROR per event the serializer's output cannot be encoded for (the first ten, then a
-    count): model, pk, the value at fault and the real cause."""
-    fate = (f"it is kept in the outbox of {alias!r} as dead (see dbevents_status)" if kept
-            else "it is lost (direct delivery)")
-    for u in unencodable[:10]:
-        logger.error("dbevents: event %s cannot be encoded for the broker: %s; %s; the transaction's other "
-                     "%d event(s) are published", u.event.describe(), u.why, fate, others)
-    if len(unencodable) > 10:
-        logger.error("dbevents: %d more event(s) of the transaction on %r cannot be encoded either: %s",
-                     len(unencodable) - 10, alias, describe_events([u.event for u in unencodable[10:]]))
-

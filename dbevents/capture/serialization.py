@@ -60,7 +60,7 @@ def serialize(entry: ModelEntry, members: list[PendingEvent], alias: str) -> lis
     try:
         represent = entry.representer()
         if represent is not None:
-            return list(zip(members, [represent(e.instance) for e in members], strict=True))
+            return [(e, represent(e.instance)) for e in members]
         data = entry.serializer_class()([e.instance for e in members], many=True).data
         return list(zip(members, data, strict=True))
     except Exception as exc:
@@ -69,12 +69,12 @@ def serialize(entry: ModelEntry, members: list[PendingEvent], alias: str) -> lis
             return []
         logger.warning("dbevents: serializer of %s failed on %d row(s) at once on %r (%s: %s); serializing "
                        "them one by one", entry.label, len(members), alias, type(exc).__name__, exc)
+    one = represent or (lambda instance: entry.serializer_class()(instance).data)
     out = []
     failed = 0
     for event in members:
         try:
-            represent = entry.representer()
-            item = represent(event.instance) if represent is not None else entry.serializer_class()(event.instance).data
+            item = one(event.instance)
         except Exception as exc:
             failed += 1
             if failed <= 10:
