@@ -128,20 +128,40 @@ class Message:
 class Committed:
     """A committed transaction's events, as capture hands them to the publisher. ``messages``
     are their outbox rows (encoded in the transaction, same order) when they went through the
-    outbox; otherwise the publisher thread encodes them (direct delivery)."""
+    outbox; otherwise the publisher thread encodes them (direct delivery). ``spilled`` are the
+    outbox ids of the events a large transaction wrote before COMMIT, in chunks: they come
+    first, and the publisher reads them back."""
 
     events: list[Event]
     alias: str | None = None
     messages: list[Message] | None = None
+    spilled: Sequence[int] = ()
 
     def __len__(self) -> int:
+        return len(self.spilled) + self.in_memory
+
+    @property
+    def in_memory(self) -> int:
+        """How many of its events are held in memory (not read back from the outbox)."""
         return len(self.messages) if self.messages is not None else len(self.events)
 
     def describe(self) -> str:
-        return describe_events(self.messages if self.messages is not None else self.events)
+        described = describe_events(self.messages if self.messages is not None else self.events)
+        if not self.spilled:
+            return described
+        ids = self.spilled
+        head = (f"{len(ids)} event(s) written before COMMIT, outbox ids of {self.alias!r} "
+                f"{list(ids[:20])}{'...' if len(ids) > 20 else ''}")
+        return f"{head}; {described}" if self.in_memory else head
 
     def split(self, size: int) -> tuple[Committed, Committed]:
         """The first ``size`` events and the rest (a transaction published in chunks)."""
+        if self.spilled:
+            if size < len(self.spilled):
+                return (Committed([], self.alias, [], self.spilled[:size]),
+                        Committed(self.events, self.alias, self.messages, self.spilled[size:]))
+            first, rest = Committed(self.events, self.alias, self.messages).split(size - len(self.spilled))
+            return Committed(first.events, self.alias, first.messages, self.spilled), rest
         if self.messages is not None:
             return (Committed([], self.alias, self.messages[:size]), Committed([], self.alias, self.messages[size:]))
         return Committed(self.events[:size], self.alias), Committed(self.events[size:], self.alias)

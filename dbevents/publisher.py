@@ -19,8 +19,9 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from dbevents import conf, ordering, outbox, owners, runtime
-from dbevents.events import Committed, Message, Unencodable, describe_events, encode_each
+from dbevents import conf, leases, ordering, outbox, owners, runtime
+from dbevents.events import Committed, Message, describe_events, encode_each
+from dbevents.reporting import log_returned, log_unencodable
 from dbevents.transport import PublishResult, Sender, describe_error
 
 logger = logging.getLogger("dbevents")
@@ -67,7 +68,8 @@ class Publisher:
         events, outbox rows are handed to the relay and direct events are logged as lost."""
         with self._cond:
             limit = conf.get("DBEVENTS_QUEUE_SIZE")
-            if self._queue and self._queued + len(batch) > limit:
+            # A transaction written to the outbox in chunks holds one chunk in memory: always taken.
+            if self._queue and self._queued + batch.in_memory > limit and not batch.spilled:
                 why = f"the publish queue is full ({self._queued} events, DBEVENTS_QUEUE_SIZE={limit})"
                 if batch.messages is not None:
                     logger.warning("dbevents: %s; %d event(s) are left to dbevents_relay: %s", why, len(batch),
@@ -78,7 +80,7 @@ class Publisher:
                     logger.error("dbevents: %s; %d event(s) lost: %s", why, len(batch), batch.describe())
                 return
             self._queue.append(batch)
-            self._queued += len(batch)
+            self._queued += batch.in_memory
             self._wake()
 
     def _wake(self) -> None:
@@ -132,7 +134,7 @@ class Publisher:
                         outbox.close_connections()
                 to_release, self._to_release = self._to_release, []
                 taken = self._take(int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE")))
-                size = sum(len(b) for b in taken)
+                size = sum(b.in_memory for b in taken)
                 self._current = taken
                 self._busy = True
             try:
@@ -199,6 +201,8 @@ class Publisher:
         """The messages of ``batches`` (direct events encoded here; those that cannot be are logged as lost)."""
         messages: list[Message] = []
         for batch in batches:
+            if batch.spilled:
+                messages.extend(self._read_back(batch))
             if batch.messages is not None:
                 messages.extend(batch.messages)
                 continue
@@ -206,6 +210,20 @@ class Publisher:
             messages.extend(encoded)
             log_unencodable(unencodable, batch.alias, len(encoded), kept=False)
         return messages
+
+    @staticmethod
+    def _read_back(batch: Committed) -> list[Message]:
+        """The events a large transaction wrote to the outbox before COMMIT, read back for
+        publishing (those a relay took meanwhile are left to it)."""
+        alias, ids = batch.alias, batch.spilled
+        assert alias is not None
+        try:
+            return leases.take_own(alias, ids, owners.process_owner())
+        except Exception:
+            logger.exception("dbevents: could not read back %d event(s) of a large transaction from the outbox of "
+                             "%r; dbevents_relay publishes them when their lease (DBEVENTS_OUTBOX_LEASE) ends: %s",
+                             len(ids), alias, batch.describe())
+            return []
 
     def _send(self, messages: list[Message], done: list[Message], returned: list[tuple[Message, str]]) -> list[Message]:
         """Publish ``messages`` with retries, adding what went out to ``done`` and ``returned``;
@@ -263,14 +281,16 @@ class Publisher:
         """End this process's lease on outbox rows it does not publish, so that a relay takes
         them at once (or at their next back-off) instead of after DBEVENTS_OUTBOX_LEASE."""
         in_outbox = [m for m in messages if m.outbox_id is not None]
-        if not in_outbox:
-            return
+        for alias, ids in outbox.by_alias(in_outbox).items():
+            self._release_rows(alias, ids, why, backoff, describe_events([m for m in in_outbox if m.alias == alias]))
+
+    @staticmethod
+    def _release_rows(alias: str, ids: Sequence[int], why: str, backoff: bool, described: str) -> None:
         try:
-            outbox.release(in_outbox, why, owner=owners.process_owner(), backoff=backoff)
+            leases.release_ids(alias, ids, why, owner=owners.process_owner(), backoff=backoff)
         except Exception:
-            logger.exception("dbevents: could not hand %d outbox row(s) to the relay; it takes them when "
-                             "their lease (DBEVENTS_OUTBOX_LEASE) ends: %s", len(in_outbox),
-                             describe_events(in_outbox))
+            logger.exception("dbevents: could not hand %d outbox row(s) of %r to the relay; it takes them when "
+                             "their lease (DBEVENTS_OUTBOX_LEASE) ends: %s", len(ids), alias, described)
 
     def _give_up(self, messages: list[Message], what: str, error: str, *, level: int = logging.WARNING) -> None:
         """Not published here: outbox rows go to the relay (one line at ``level``; ``error`` becomes
@@ -302,43 +322,24 @@ class Publisher:
                 # again (a duplicate, never a loss), instead of its rows waiting for their lease.
                 left = list(self._current) + list(self._queue)
                 self._queue.clear()
-                self._queued = sum(len(b) for b in self._current)
+                self._queued = sum(b.in_memory for b in self._current)
                 refused, self._to_release = self._to_release, []   # queue was full: not queued at all
             messages = refused + [m for b in left for m in b.messages or ()]
             events = [e for b in left if b.messages is None for e in b.events]
-            why = f"exiting with {len(messages) + len(events)} unpublished event(s)"
-            if messages:
-                logger.warning("dbevents: %s; %d event(s) are handed to dbevents_relay: %s", why,
-                               len(messages), describe_events(messages))
-                self._hand_to_relay(messages, "the process exited before publishing them", backoff=False)
+            spilled = [b for b in left if b.spilled]
+            count = len(messages) + sum(len(b.spilled) for b in spilled)
+            why = f"exiting with {count + len(events)} unpublished event(s)"
+            if count:
+                logger.warning("dbevents: %s; %d event(s) are handed to dbevents_relay: %s", why, count,
+                               "; ".join([b.describe() for b in spilled] + [describe_events(messages)] * bool(messages)))
+                left_why = "the process exited before publishing them"
+                self._hand_to_relay(messages, left_why, backoff=False)
+                for b in spilled:
+                    self._release_rows(b.alias or "default", b.spilled, left_why, False, b.describe())
             if events:
                 logger.error("dbevents: %s; %d event(s) lost (direct delivery): %s", why, len(events),
                              describe_events(events))
         self.release_connections(2.0)
-
-
-def log_unencodable(unencodable: Sequence[Unencodable], alias: str | None, others: int, *, kept: bool) -> None:
-    """One ERROR per event whose serializer output cannot be encoded (the first ten, then a
-    count): model, pk, the value at fault and the real cause."""
-    fate = (f"it is kept in the outbox of {alias!r} as dead (see dbevents_status)" if kept
-            else "it is lost (direct delivery)")
-    for u in unencodable[:10]:
-        logger.error("dbevents: event %s cannot be encoded for the broker: %s; %s; the transaction's other "
-                     "%d event(s) are published", u.event.describe(), u.why, fate, others)
-    if len(unencodable) > 10:
-        logger.error("dbevents: %d more event(s) of the transaction on %r cannot be encoded either: %s",
-                     len(unencodable) - 10, alias, describe_events([u.event for u in unencodable[10:]]))
-
-
-def log_returned(returned: Sequence[tuple[Message, str]]) -> None:
-    """One ERROR per reason: the broker returned these messages as unroutable."""
-    by_reason: dict[str, list[Message]] = {}
-    for message, reason in returned:
-        by_reason.setdefault(reason, []).append(message)
-    for reason, messages in by_reason.items():
-        logger.error("dbevents: the broker returned %d event(s) as unroutable (%s); nobody received: %s "
-                     "(bind a queue first, or set DBEVENTS_PUBLISH_MANDATORY = False)", len(messages), reason,
-                     describe_events(messages))
 
 
 _publisher: Publisher | None = None
@@ -357,7 +358,7 @@ def current() -> Publisher:
 
 def publish(committed: Committed) -> None:
     """Hand a committed transaction's events to the active sinks and/or the broker."""
-    if not committed.events:
+    if not len(committed):
         return
     for sink in runtime.sinks.get():
         sink.receive(committed.events)

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.db import connections, router
 
-from dbevents import conf, outbox, status
+from dbevents import conf, leases, outbox, status
 from dbevents.events import Message, describe_events
 from dbevents.owners import default_worker_id, owner_is_dead
 from dbevents.publisher import after_publish
@@ -86,7 +86,7 @@ class Relay:
         leaves the count of rows still pending in :attr:`left`."""
         if self.explicit_id:
             for alias in self.aliases:
-                taken = outbox.release_owner(alias, self.worker_id)
+                taken = leases.release_owner(alias, self.worker_id)
                 if taken:
                     logger.info("dbevents relay %s: took back %d row(s) its previous run had leased on %r",
                                 self.worker_id, taken, alias)
@@ -122,7 +122,7 @@ class Relay:
 
     def _backoff_wait(self) -> float | None:
         """Seconds until the next row in back-off is due, or None when none waits."""
-        due = [d for d in map(outbox.next_due, self.aliases) if d is not None]
+        due = [d for d in map(leases.next_due, self.aliases) if d is not None]
         return min(due) + 0.05 if due else None
 
     def _maybe_reclaim(self) -> None:
@@ -134,7 +134,7 @@ class Relay:
         self._last_reclaim = now
         for alias in self.aliases:
             try:
-                taken = outbox.release_dead_owners(alias, owner_is_dead)
+                taken = leases.release_dead_owners(alias, owner_is_dead)
             except Exception:
                 logger.exception("dbevents relay %s: cannot look for rows of crashed processes in the outbox "
                                  "of %r", self.worker_id, alias)
@@ -157,7 +157,7 @@ class Relay:
             return 0
         if not messages:
             return 0
-        if len(messages) == self.batch_size and outbox.claims_concurrently(alias) and not self._stop.is_set():
+        if len(messages) == self.batch_size and leases.claims_concurrently(alias) and not self._stop.is_set():
             self._ahead.start(alias, self._claim)
         self._settle(self._sender.publish(messages))
         return len(messages)
@@ -165,7 +165,7 @@ class Relay:
     def _claim(self, alias: str) -> list[Message] | None:
         """One claim; None (logged) when the database failed. Runs on either thread."""
         try:
-            return outbox.claim(alias, self.worker_id, self.batch_size)
+            return leases.claim(alias, self.worker_id, self.batch_size)
         except Exception:
             logger.exception("dbevents relay %s: cannot read the outbox of %r; retrying in %.1fs",
                              self.worker_id, alias, self.idle)
@@ -218,7 +218,7 @@ class Relay:
         """Give rows back (with back-off, or at once); a database failure is logged, and the rows
         are retried when their lease (``DBEVENTS_OUTBOX_LEASE``) ends."""
         try:
-            outbox.release(messages, why, owner=self.worker_id, backoff=backoff)
+            leases.release(messages, why, owner=self.worker_id, backoff=backoff)
         except Exception:
             logger.exception("dbevents relay %s: could not give %d outbox row(s) back; they are retried when "
                              "their lease ends: %s", self.worker_id, len(messages), describe_events(messages))

@@ -23,7 +23,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from dbevents import ordering, outbox, owners, publisher
+from dbevents import leases, ordering, outbox, owners, publisher
 from dbevents.models import OutboxMessage
 from dbevents.relay import Relay
 from dbevents.testing import capture_events
@@ -167,7 +167,7 @@ def test_rows_of_a_live_or_foreign_owner_wait_for_their_lease():
         "my-relay:1",                                           # a name given with --worker-id
     ):
         OutboxMessage.objects.update(lease_owner=owner, available_at=until)
-        assert outbox.release_dead_owners(connection.alias, owners.owner_is_dead) == 0, owner
+        assert leases.release_dead_owners(connection.alias, owners.owner_is_dead) == 0, owner
         assert OutboxMessage.objects.get().lease_owner == owner
 
 
@@ -261,7 +261,7 @@ def test_the_claim_asks_the_row_key_index_even_with_stale_statistics():
         cursor.execute(("ANALYZE TABLE {}" if connection.vendor == "mysql" else "ANALYZE {}").format(
             connection.ops.quote_name(OutboxMessage._meta.db_table)))
     fill(10, 20_000)
-    plan = outbox.claimable(connection.alias, timezone.now()).values_list("id", flat=True)[:1000].explain()
+    plan = leases.claimable(connection.alias, timezone.now()).values_list("id", flat=True)[:1000].explain()
     assert "dbevents_outbox_key_unsent" in plan, plan
 
 

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from dbevents import outbox, publisher
+from dbevents import leases, outbox, publisher
 from dbevents.models import OutboxMessage
 from dbevents.relay import Relay
 from dbevents.testing import capture_events
@@ -156,11 +156,11 @@ def test_a_lease_held_by_a_dead_process_expires():
         assert publisher.wait(30)
     OutboxMessage.objects.update(available_at=None)
     with override_settings(DBEVENTS_OUTBOX_LEASE=0.5):
-        claimed = outbox.claim(connection.alias, "killed-relay", 10)
+        claimed = leases.claim(connection.alias, "killed-relay", 10)
     assert len(claimed) == 1
-    assert outbox.claim(connection.alias, "other", 10) == []   # leased: not taken twice
+    assert leases.claim(connection.alias, "other", 10) == []   # leased: not taken twice
     time.sleep(0.6)
-    assert [m.outbox_id for m in outbox.claim(connection.alias, "other", 10)] == [claimed[0].outbox_id]
+    assert [m.outbox_id for m in leases.claim(connection.alias, "other", 10)] == [claimed[0].outbox_id]
 
 
 def test_a_relay_restarted_under_its_worker_id_takes_its_leases_back_at_once():
@@ -168,9 +168,9 @@ def test_a_relay_restarted_under_its_worker_id_takes_its_leases_back_at_once():
         Customer.objects.create(name="x")
         assert publisher.wait(30)
     OutboxMessage.objects.update(available_at=None)
-    outbox.claim(connection.alias, "relay-1", 10)
-    assert outbox.release_owner(connection.alias, "relay-1") == 1
-    assert len(outbox.claim(connection.alias, "relay-2", 10)) == 1
+    leases.claim(connection.alias, "relay-1", 10)
+    assert leases.release_owner(connection.alias, "relay-1") == 1
+    assert len(leases.claim(connection.alias, "relay-2", 10)) == 1
 
 
 def test_unroutable_events_are_recorded_not_retried(rabbitmq_uri, caplog):
@@ -356,7 +356,7 @@ def test_the_relay_claims_its_next_batch_while_it_publishes_the_current_one(brok
 
     events = backlog(150)
     claimed_ahead = threading.Event()
-    original_claim, original_publish = outbox.claim, Sender.publish
+    original_claim, original_publish = leases.claim, Sender.publish
 
     def claim(*args, **kwargs):
         found = original_claim(*args, **kwargs)
@@ -371,7 +371,7 @@ def test_the_relay_claims_its_next_batch_while_it_publishes_the_current_one(brok
         return original_publish(self, messages)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(outbox, "claim", claim)
+        mp.setattr(leases, "claim", claim)
         mp.setattr(Sender, "publish", publish)
         relay = Relay([connection.alias], batch_size=50)
         relay.run(once=True)
@@ -390,7 +390,7 @@ def test_a_database_failure_giving_rows_back_is_logged_and_the_relay_goes_on(mon
         calls.append(args)
         raise OperationalError("the database went away")
 
-    monkeypatch.setattr(outbox, "release", broken_release)
+    monkeypatch.setattr(leases, "release", broken_release)
     with broker_down():
         relay = Relay([connection.alias])
         relay.run(once=True)   # returns: the failures are logged, not raised

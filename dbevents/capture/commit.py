@@ -1,15 +1,17 @@
 """At COMMIT: build the transaction's events from its pending ones, write their outbox rows in
-the same transaction, and after COMMIT hand them to the publisher."""
+the same transaction, and after COMMIT hand them to the publisher. A large transaction writes
+its events to the outbox in chunks as it goes (:func:`spill`), so its memory stays bounded."""
 
 from __future__ import annotations
 
 import logging
+from array import array
 from typing import TYPE_CHECKING, Any
 
-from dbevents import conf, outbox, publisher
-from dbevents.capture.pending import PendingEvents, describe
+from dbevents import conf, outbox, publisher, reporting, runtime
+from dbevents.capture.pending import NEVER, PendingEvents, Spilled, describe
 from dbevents.capture.rows import Rows
-from dbevents.capture.serialization import build_events
+from dbevents.capture.serialization import Series, build_events
 from dbevents.capture.vendors import Vendor
 from dbevents.events import Committed, Message, describe_events, encode_each
 
@@ -35,7 +37,7 @@ def prepare(pending: PendingEvents, alias: str, *, peek: bool = False, after: in
     try:
         pending.load_missing([e for e in events_before if e.instance is None])
         ready = [e for e in pending.events if e.instance is not None and e.order[0] > after]
-        events = build_events(ready, alias)
+        events = build_events(ready, alias, pending.series if not peek else None)
     except Exception:
         logger.exception("dbevents: the events of a transaction on %r are lost (%s)", alias, describe(events_before))
         events = []
@@ -49,13 +51,16 @@ def prepare_commit(pending: PendingEvents, vendor: Vendor, rows: Rows) -> Commit
     (``DBEVENTS_DELIVERY = "outbox"``). Where a failed query aborts the transaction (PostgreSQL)
     and would silently turn the COMMIT into a rollback, this runs behind a savepoint, rolled back
     to if anything failed."""
-    if not pending.events:
+    if not pending.events and not pending.spilled:
         return NOTHING
     # Nothing may escape from here: an exception out of commit() that is not a DatabaseError
     # commits anyway on SQLite and MariaDB, and leaves a PostgreSQL connection inside a
     # transaction Django has forgotten.
     connection = rows.connection
     events_before = pending.events
+    spilled = array("q")
+    for chunk in pending.spilled:
+        spilled.extend(chunk.ids)
     try:
         if vendor.commit_guard:
             rows.execute("SAVEPOINT dbevents_prepare")
@@ -67,8 +72,51 @@ def prepare_commit(pending: PendingEvents, vendor: Vendor, rows: Rows) -> Commit
         logger.exception("dbevents: the events of a transaction on %r are lost (%s)", connection.alias,
                          describe(events_before))
         pending.discard()
-        return NOTHING
-    return Committed(events, connection.alias, messages)
+        return Committed([], connection.alias, [], spilled) if spilled else NOTHING
+    return Committed(events, connection.alias, messages, spilled)
+
+
+def spill(pending: PendingEvents, vendor: Vendor) -> None:
+    """Called inside a transaction once more than ``DBEVENTS_TRANSACTION_CHUNK`` of its events
+    are pending: build, encode and write to the outbox those that may go early
+    (:meth:`PendingEvents.spillable`), keeping only their outbox ids, which the publisher reads
+    back after COMMIT. Only with outbox delivery and no testing sink; a failure leaves the
+    events pending (logged) and stops spilling for the rest of the transaction."""
+    chunk = int(conf.get("DBEVENTS_TRANSACTION_CHUNK"))
+    if not conf.outbox_enabled() or runtime.sinks.get():
+        pending.spill_after = NEVER
+        return
+    ready = pending.spillable()
+    if len(ready) < chunk:
+        pending.spill_after = len(pending.events) + chunk  # the rest waits behind earlier rows
+        return
+    connection, rows = pending.connection, pending.rows
+    alias = connection.alias
+    series = pending.series = pending.series or Series()
+    built_before = series.built
+    guard = vendor.commit_guard
+    try:
+        if guard:
+            rows.execute("SAVEPOINT dbevents_spill")
+        pending.load_missing([e for e in ready if e.instance is None])
+        events = build_events([e for e in ready if e.instance is not None], alias, series, last=False)
+        messages, unencodable = encode_each(events)
+        stored = outbox.store(connection, messages, dead=[(u.message, u.why) for u in unencodable])
+        if guard:
+            rows.execute("RELEASE SAVEPOINT dbevents_spill")
+    except Exception:
+        series.built = built_before
+        pending.spill_after = NEVER
+        logger.exception("dbevents: writing %d event(s) of a large transaction on %r to the outbox before "
+                         "COMMIT failed; they stay in memory and are written at COMMIT (%s)", len(ready),
+                         alias, describe(ready))
+        if guard:
+            rows.execute("ROLLBACK TO SAVEPOINT dbevents_spill")
+        return
+    reporting.log_unencodable(unencodable, alias, len(messages), kept=True)
+    pending.forget(ready)
+    pending.spilled.append(Spilled(pending.statement_no, built_before, array("q", (m.outbox_id for m in stored[:len(messages)]))))
+    pending.spill_after = len(pending.events) + chunk
 
 
 def store(connection: Any, events: list[Event]) -> list[Message] | None:
@@ -90,5 +138,5 @@ def store(connection: Any, events: list[Event]) -> list[Message] | None:
             type(exc).__name__, exc, connection.alias, describe_events(events), exc_info=True,
         )
         return None
-    publisher.log_unencodable(unencodable, connection.alias, len(messages), kept=True)
+    reporting.log_unencodable(unencodable, connection.alias, len(messages), kept=True)
     return stored[:len(messages)]

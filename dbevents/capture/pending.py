@@ -1,52 +1,39 @@
 """The pending events of one connection's transaction: one :class:`PendingEvent` per row a
 statement changed, merged where one ``save()`` wrote several tables of an inheritance chain,
-dropped with the savepoint they were written under, and completed -- the rows they still lack
-loaded, the registered model resolved, the instance built -- before COMMIT."""
+dropped with the savepoint they were written under, and completed before COMMIT
+(:mod:`dbevents.capture.loading`); a large transaction hands them over in chunks as it goes."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dbevents import runtime
+from dbevents import conf, runtime
+from dbevents.capture.loading import Loading, PendingEvent, Row
 from dbevents.capture.rows import CREATED, DELETED, Rows
-from dbevents.registry import ModelEntry, TableInfo, get_registry, hashable, table_key
+from dbevents.registry import TableInfo
 
 if TYPE_CHECKING:
     from django.db.models import Model
 
-logger = logging.getLogger("dbevents")
+__all__ = ["NEVER", "PendingEvent", "PendingEvents", "Row", "Spilled", "describe", "one_per_key"]
 
 
 @dataclass(eq=False)
-class PendingEvent:
-    """A future event: one row changed by one statement (for multi-table inheritance, by the
-    statements of one save that wrote the row's parent and child tables)."""
+class Spilled:
+    """Events of a large transaction already written to the outbox, inside it, before COMMIT."""
 
-    order: tuple[int, int]
-    root: type[Model]
-    pk: Any
-    action: str
-    table: TableInfo                     # deepest table written so far
-    tables: set[str]
-    parts: dict[str, tuple[Any, ...]]    # table key -> converted values of its local fields
-    mutes: tuple[runtime.Mute, ...]
-    last: int                            # the last statement merged into this event
-    top: int                             # shallowest table depth written (deletes climb the chain)
-    entry: ModelEntry | None = None
-    instance: Model | None = None
-
-    @property
-    def key(self) -> tuple[type[Model], Any]:
-        return (self.root, self.pk)
+    statement_no: int                  # statements captured when they were written
+    built_before: int                  # the transaction's events built before them
+    ids: array = field(default_factory=lambda: array("q"))  # their outbox ids, in order
 
 
-Row = tuple[Any, "tuple[Any, ...] | None", str]  # (key, converted values or None, action)
+NEVER = float("inf")
 
 
-class PendingEvents:
+class PendingEvents(Loading):
     """The ledger of one connection: this transaction's pending events, in statement order."""
 
     def __init__(self, connection: Any, rows: Rows) -> None:
@@ -61,6 +48,13 @@ class PendingEvents:
         self._tables: dict[int, str] = {}  # this transaction: statement -> table written
         self._layouts: dict[type[Model], list[tuple[str, int]]] = {}
         self._sources: dict[type[Model], dict[str, tuple[str, int]]] = {}
+        # A large transaction writes its events to the outbox in chunks as it goes (see
+        # dbevents.capture.commit.spill): ``spill`` is called once more than ``spill_after``
+        # events are pending; ``series`` carries the transaction's id and ordinals across chunks.
+        self.spill: Callable[[PendingEvents], None] | None = None
+        self.spill_after: float | None = None   # None: DBEVENTS_TRANSACTION_CHUNK
+        self.spilled: list[Spilled] = []
+        self.series: Any = None
 
     def next_statement(self) -> int:
         self.statement_no += 1
@@ -68,11 +62,13 @@ class PendingEvents:
 
     # ------------------------------------------------------------------ recording
 
-    def record(self, info: TableInfo, rows: Sequence[Row], mutes: tuple[runtime.Mute, ...]) -> None:
+    def record(self, info: TableInfo, rows: Sequence[Row], mutes: tuple[runtime.Mute, ...], *,
+               start: int = 0) -> None:
         """The rows one statement changed in ``info``: one pending event per row (or merged into
         the same object's: one save of a multi-table-inheritance model writes the parent table,
-        then the child's)."""
-        order = self.next_statement()
+        then the child's). ``start`` > 0: more rows of the statement recorded last, the first
+        ``start`` of its rows having been recorded already."""
+        order = self.statement_no if start else self.next_statement()
         self._tables[order] = info.key
         if not rows:
             return
@@ -81,7 +77,10 @@ class PendingEvents:
         except TypeError:  # keys of mixed types: keep the statement's order
             pass
         label = info.entry.model._meta.label if info.entry else None
-        for index, (pk, values, action) in enumerate(rows):
+        spill_after = NEVER if self.spill is None else self.spill_after
+        if spill_after is None:
+            spill_after = conf.get("DBEVENTS_TRANSACTION_CHUNK")
+        for index, (pk, values, action) in enumerate(rows, start=start):
             if mutes and label and not info.descendants and runtime.is_muted(mutes, label, pk):
                 continue
             key = (info.root, pk)
@@ -104,6 +103,9 @@ class PendingEvents:
             self.latest[key] = event
             if values is None or info.depth or info.descendants:
                 self.incomplete.append(event)
+            if len(self.events) > spill_after:
+                self.spill(self)  # type: ignore[misc]
+                spill_after = self.spill_after or NEVER
 
     def record_cascade(self, found: list[tuple[TableInfo, list[Any], str]], mutes: tuple[runtime.Mute, ...]) -> None:
         """The events of the rows the database changed itself (:meth:`Rows.db_cascade`), deepest
@@ -164,9 +166,16 @@ class PendingEvents:
         self.marks[sid] = self.last_mark = self.statement_no
 
     def rollback_savepoint(self, sid: str) -> None:
-        """Drop the events of the statements run since savepoint ``sid`` was created."""
+        """Drop the events of the statements run since savepoint ``sid`` was created (the
+        outbox rows written since then are gone with the database's rollback)."""
         mark = self.marks.get(sid)
-        if mark is None or not self.events:
+        if mark is None:
+            return
+        gone = [s for s in self.spilled if s.statement_no > mark]
+        if gone:
+            self.spilled = self.spilled[:len(self.spilled) - len(gone)]
+            self.series.built = gone[0].built_before  # their ordinals are free again
+        if not self.events:
             return
         self.events = [e for e in self.events if e.order[0] <= mark]
         keep = {id(e) for e in self.events}
@@ -185,160 +194,36 @@ class PendingEvents:
         self._tables = {}
         self.marks = {}
         self.last_mark = self.statement_no
+        self.spilled = []
+        self.series = None
+        self.spill_after = None
 
-    # ------------------------------------------------------------------ loading what they lack
+    # ------------------------------------------------------------------ large transactions
 
-    def load_missing(self, events: list[PendingEvent]) -> None:
-        """Resolve each event's model and load the row data it still lacks (one query per
-        table). Events whose row no longer exists, or whose model is not registered, are
-        dropped: they describe no registered object."""
-        if not events:
-            return
-        pending = [e for e in events if e.instance is None]
-        registry = get_registry()
-        # Multi-table inheritance: the most derived registered model that has this row.
-        by_table: dict[str, list[PendingEvent]] = {}
-        for event in pending:
-            event.entry = event.table.entry
-            if event.table.descendants and event.action != DELETED:
-                by_table.setdefault(event.table.key, []).append(event)
-        for here in by_table.values():
-            unresolved = {e.pk: e for e in here}
-            for desc in here[0].table.descendants:
-                if not unresolved:
-                    break
-                dinfo = registry.tables[desc.tables[0]]
-                source = self.key_sources(desc.model).get(here[0].table.key)
-                if source is not None:
-                    self._resolve_linked(desc, dinfo, source, unresolved)
-                    continue
-                for pk in self.rows.existing_keys(dinfo, list(unresolved)):
-                    found = unresolved.pop(pk, None)
-                    if found is not None:
-                        found.entry = desc
-        self._load_parts(pending)
-        done = {id(e) for e in pending}
-        for event in pending:
-            if event.entry is None:
-                logger.debug("dbevents: %s row %r belongs to no registered model", event.table.model._meta.label, event.pk)
+    def spillable(self) -> list[PendingEvent]:
+        """The events that may be written to the outbox before COMMIT, in statement order: rows
+        of single-table models (no later statement can merge into them) captured after the
+        latest savepoint (a rollback to it removes their outbox rows with them), and no
+        earlier event of the same row stays behind (per-row order is outbox-id order)."""
+        behind: set[tuple[type[Model], Any]] = set()
+        ready = []
+        for event in self.events:
+            table = event.table
+            if (event.order[0] > self.last_mark and not table.depth and not table.descendants
+                    and table.entry is not None and len(table.entry.tables) == 1 and event.key not in behind):
+                ready.append(event)
             else:
-                event.instance = self._instance(event)
-        self.incomplete = [e for e in self.incomplete if id(e) not in done]
-        dropped = {id(e) for e in pending if e.instance is None}
-        if dropped:
-            self.events = [e for e in self.events if id(e) not in dropped]
+                behind.add(event.key)
+        return ready
 
-    def _load_parts(self, pending: list[PendingEvent]) -> None:
-        """Load missing parts, table by table: first the tables that share the row's key, then
-        those reached through a parent link of their own (multiple inheritance, a child with
-        its own primary key), keyed by the link's value in a part already loaded."""
-        registry = get_registry()
-        todo = [e for e in pending if e.entry is not None]
-        tried: set[tuple[int, str]] = set()
-        while todo:
-            need: dict[str, list[tuple[PendingEvent, Any]]] = {}
-            deferred = []
-            for event in todo:
-                sources = self.key_sources(event.entry.model)  # type: ignore[union-attr]
-                for key in event.entry.tables:  # type: ignore[union-attr]
-                    if key in event.parts or (id(event), key) in tried:
-                        continue
-                    source = sources.get(key)
-                    if source is not None and source[0] not in event.parts:
-                        deferred.append(event)  # its link's table is loaded first
-                        continue
-                    tried.add((id(event), key))
-                    wanted = event.pk if source is None else event.parts[source[0]][source[1]]
-                    if wanted is not None:
-                        need.setdefault(key, []).append((event, event.pk if source is None else hashable(wanted)))
-            for key, waiting in need.items():
-                tinfo = registry.tables[key]  # every table of a registered model's chain is watched
-                rows = self.rows.load(tinfo, [k for _, k in waiting])
-                folded = {_fold(k): k for k in rows}
-                for event, wanted in waiting:
-                    row = rows.get(wanted)
-                    if row is None and wanted not in rows:
-                        # A key from the statement's parameters that the database matched under a
-                        # case-insensitive or pad-space collation ('abc' for 'ABC'): use the stored one.
-                        stored = folded.get(_fold(wanted))
-                        if stored is not None:
-                            row = rows[stored]
-                            if wanted == event.pk:
-                                event.pk = stored
-                    if row is not None:
-                        event.parts[key] = row
-            # Another round only for events whose link source was loaded in this one.
-            todo = list({id(e): e for e in deferred}.values()) if need else []
-
-    def _resolve_linked(self, desc: ModelEntry, dinfo: TableInfo, source: tuple[str, int],
-                        unresolved: dict[Any, PendingEvent]) -> None:
-        """Rows of a parent table that a descendant reaches through a parent link of its own
-        (``Shop(Place, Tagged)``: ``shop_shop.tagged_ptr_id`` -> ``shop_tagged.tag_id``): such a
-        row's event is the descendant's, under the descendant's key. When the same transaction
-        already has that event (the save wrote the descendant's own tables too), it is dropped."""
-        registry = get_registry()
-        link_info = registry.tables[source[0]]
-        if self.key_sources(desc.model).get(link_info.key) is not None:
-            return  # the link lives on a table that is itself linked: not followed
-        link_field = link_info.fields[source[1]]
-        rows = list(self.rows.by_column(link_info, link_field, list(unresolved)))
-        if link_info.key != dinfo.key and rows:
-            # The link lives on an intermediate parent (Senator -> Congressman -> Politician):
-            # only rows that are the descendant's are its events.
-            mine = set(self.rows.existing_keys(dinfo, [link_info.pk_of(r) for r in rows]))
-            rows = [r for r in rows if link_info.pk_of(r) in mine]
-        for row in rows:
-            found = unresolved.pop(hashable(row[source[1]]), None)
-            if found is None:
-                continue
-            found.entry, found.root, found.pk = desc, dinfo.root, link_info.pk_of(row)
-            found.parts = {source[0]: row}
-            if any(e is not found and e.key == found.key and e.action == found.action for e in self.events):
-                found.entry = None  # dropped with the events of no registered model
-
-    def key_sources(self, model: type[Model]) -> dict[str, tuple[str, int]]:
-        """For each table of ``model``'s inheritance chain that does not share the row's key:
-        ``(table, column index)`` of the parent link whose value is its key there."""
-        cached = self._sources.get(model)
-        if cached is not None:
-            return cached
-        sources: dict[str, tuple[str, int] | None] = {table_key(model._meta.db_table): None}
-        for child in [model, *model._meta.get_parent_list()]:
-            child_key = table_key(child._meta.db_table)
-            for parent, link in child._meta.parents.items():
-                parent_key = table_key(parent._meta.concrete_model._meta.db_table)  # type: ignore[union-attr]
-                if link is None or parent_key in sources or child_key not in sources:
-                    continue
-                columns = [f.column for f in child._meta.local_concrete_fields]
-                if link.primary_key or link.column not in columns:
-                    sources[parent_key] = sources[child_key]
-                else:
-                    sources[parent_key] = (child_key, columns.index(link.column))
-        found = {k: v for k, v in sources.items() if v is not None}
-        self._sources[model] = found
-        return found
-
-    def _instance(self, event: PendingEvent) -> Model | None:
-        """The event's model instance, from its parts, as ``Model.from_db`` builds it."""
-        model = event.entry.model  # type: ignore[union-attr]
-        layout = self._layouts.get(model)
-        if layout is None:
-            layout = []
-            for f in model._meta.concrete_fields:
-                owner: Any = f.model._meta.concrete_model  # type: ignore[union-attr]
-                layout.append((table_key(owner._meta.db_table), list(owner._meta.local_concrete_fields).index(f)))
-            self._layouts[model] = layout
-        values = []
-        for key, index in layout:
-            part = event.parts.get(key)
-            if part is None:
-                logger.warning("dbevents: %s row %r was not found when its %s event was built; the event is "
-                               "lost", model._meta.label, event.pk, event.action)
-                return None
-            values.append(part[index])
-        names = [f.attname for f in model._meta.concrete_fields]
-        return model.from_db(self.connection.alias, names, values)
-
+    def forget(self, events: list[PendingEvent]) -> None:
+        """Drop ``events`` from the ledger: they were written to the outbox (or describe no row)."""
+        gone = {id(e) for e in events}
+        self.events = [e for e in self.events if id(e) not in gone]
+        self.incomplete = [e for e in self.incomplete if id(e) not in gone]
+        for event in events:
+            if self.latest.get(event.key) is event:
+                del self.latest[event.key]
 
 def one_per_key(rows: list[Row]) -> list[Row]:
     """An upsert that meets one key twice (``VALUES (1, ...), (1, ...)``) changed one row: one
@@ -362,7 +247,3 @@ def describe(events: list[PendingEvent]) -> str:
     return "; ".join(
         f"{label} pks={pks[:20]}{'...' if len(pks) > 20 else ''}" for label, pks in by_model.items()
     )
-
-
-def _fold(value: Any) -> Any:
-    return value.casefold().rstrip() if isinstance(value, str) else value

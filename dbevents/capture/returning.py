@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from dbevents import conf
 from dbevents.capture.cursor import UNSET, replay
 from dbevents.capture.pending import Row, one_per_key
 from dbevents.capture.rows import (
@@ -47,10 +48,18 @@ def run(w: Write) -> Any:
     result = w.run(sql, params)
     wrapper = w.cursor
     raw = wrapper.cursor
+    ours = len(columns)
+    if stmt.returning is None and stmt.kind != "insert":
+        # Django reads only the row count: the rows are recorded chunk by chunk as they are
+        # fetched (a large transaction's events go to the outbox as it runs: bounded memory).
+        replay(wrapper, raw, None, None)
+        if cascaded:
+            w.pending.record_cascade(cascaded, w.mutes)
+        _record_in_chunks(w, info, raw, ours, action)
+        return result
     with w.connection.wrap_database_errors:
         rows = raw.fetchall()
         description = raw.description
-    ours = len(columns)
     if stmt.returning is not None:
         replay(wrapper, raw, [tuple(r[:-ours]) for r in rows], description[:-ours])
     else:
@@ -75,6 +84,22 @@ def run(w: Write) -> Any:
         w.pending.record_cascade(cascaded, w.mutes)
     w.record(info, recorded)
     return result
+
+
+def _record_in_chunks(w: Write, info: TableInfo, raw: Any, ours: int, action: str) -> None:
+    """Record the rows an UPDATE or DELETE returned through capture's columns, fetched in chunks
+    of ``DBEVENTS_TRANSACTION_CHUNK``: one statement's events, in primary-key order per chunk."""
+    size = int(conf.get("DBEVENTS_TRANSACTION_CHUNK"))
+    done = 0
+    while True:
+        with w.connection.wrap_database_errors:
+            rows = raw.fetchmany(size)
+        if not rows and done:
+            return
+        w.pending.record(info, returned(w, info, rows, ours, action, False), w.mutes, start=done)
+        done += len(rows)
+        if len(rows) < size:
+            return
 
 
 def returning_columns(w: Write) -> tuple[list[str], bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -94,8 +95,21 @@ def _log_lost(entry: ModelEntry, event: PendingEvent, alias: str, exc: BaseExcep
                  event.pk, alias, type(exc).__name__, exc, event.action, exc_info=exc)
 
 
-def build_events(pending: list[PendingEvent], alias: str) -> list[ev.Event]:
+@dataclass(eq=False)
+class Series:
+    """What the events of one transaction share when they are built in chunks (a large
+    transaction written to the outbox as it goes): its id, time and the ordinals used so far."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    built: int = 0
+
+
+def build_events(pending: list[PendingEvent], alias: str, series: Series | None = None, *,
+                 last: bool = True) -> list[ev.Event]:
     """Serialize ``pending`` (in statement order) into events with ids, ordinals and headers.
+    With ``series`` they continue its ordinals; ``last=False`` (a chunk of a transaction still
+    running) leaves their ``transaction_size`` unknown (None).
 
     A serializer that raises loses the events of the rows it fails on only; each is logged with
     the model and key.
@@ -113,12 +127,14 @@ def build_events(pending: list[PendingEvent], alias: str) -> list[ev.Event]:
         for event, item in serialize(entry, members, alias):
             payloads[id(event)] = item
     kept = [e for e in pending if id(e) in payloads]
-    transaction_id = uuid.uuid4().hex
-    timestamp = datetime.now(UTC).isoformat()
+    series = series or Series()
+    transaction_id, timestamp, start = series.id, series.timestamp, series.built + 1
+    size = series.built + len(kept) if last else None
+    series.built += len(kept)
     ids = new_ids(len(kept))
     services: dict[int, str] = {}
     out = []
-    for ordinal, event in enumerate(kept, start=1):
+    for ordinal, event in enumerate(kept, start=start):
         entry = event.entry
         assert entry is not None  # an event with a payload has its entry
         service = services.get(id(entry))
@@ -130,14 +146,14 @@ def build_events(pending: list[PendingEvent], alias: str) -> list[ev.Event]:
                 service_name=service,
                 payload=payloads[id(event)],
                 headers={
-                    ev.HEADER_EVENT_ID: ids[ordinal - 1],
+                    ev.HEADER_EVENT_ID: ids[ordinal - start],
                     ev.HEADER_MODEL: entry.label,
                     ev.HEADER_PK: header_pk(event.pk),
                     ev.HEADER_ACTION: event.action,
                     ev.HEADER_ALIAS: alias,
                     ev.HEADER_TRANSACTION_ID: transaction_id,
                     ev.HEADER_ORDINAL: ordinal,
-                    ev.HEADER_TRANSACTION_SIZE: len(kept),
+                    ev.HEADER_TRANSACTION_SIZE: size,
                     ev.HEADER_TIMESTAMP: timestamp,
                 },
                 origin=(alias, *event.order),

@@ -6,6 +6,7 @@ failures never fail the write."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ class ConnectionCapture:
         self.vendor = vendor_for(self.connection)
         self.rows = Rows(self.connection)
         self.pending = PendingEvents(self.connection, self.rows)
+        self.pending.spill = functools.partial(commit.spill, vendor=self.vendor)
         self._schema: tuple[Any, str] | None = None  # (driver connection, its current schema)
         if self.vendor.gated:  # statements coordinate with the publisher thread's outbox writes
             sqlite_gate.register(connection)
