@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "DBEVENTS_CONFIRM_TIMEOUT": 10.0,
     # Most messages published as one pipelined batch (one wait for their confirms).
     "DBEVENTS_PUBLISH_BATCH_SIZE": 5000,
+    # Seconds the publisher lets later transactions join a batch before publishing it (the
+    # first waits at most this long): fewer, larger batches while transactions keep coming.
+    "DBEVENTS_PUBLISH_LINGER": 0.005,
     # Outbox delivery: a transaction with more events than this writes them to the outbox in
     # chunks of this many while it runs (read back after COMMIT), so its memory stays bounded.
     "DBEVENTS_TRANSACTION_CHUNK": 10_000,
@@ -113,6 +116,7 @@ VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "DBEVENTS_CONFIRM_TIMEOUT": _number(0, above=True),
     "DBEVENTS_PUBLISH_BATCH_SIZE": _number(1, integer=True),
     "DBEVENTS_TRANSACTION_CHUNK": _number(1, integer=True),
+    "DBEVENTS_PUBLISH_LINGER": _number(0),
     "DBEVENTS_PUBLISH_MANDATORY": _is(bool, text="True or False"),
     "DBEVENTS_MAX_IN_FLIGHT": _number(1, integer=True),
     "DBEVENTS_TCP_USER_TIMEOUT": _number(0, none=True, above=True),

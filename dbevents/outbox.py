@@ -39,11 +39,14 @@ UNROUTABLE = "unroutable: "
 DEAD = "cannot be encoded: "
 
 
-def store(connection: BaseDatabaseWrapper, messages: list[Message],
-          dead: Sequence[tuple[Message, str]] = ()) -> list[Message]:
+def store(connection: BaseDatabaseWrapper, messages: list[Message], dead: Sequence[tuple[Message, str]] = (),
+          *, savepoint: str | None = None, commit: bool = False) -> list[Message]:
     """Write ``messages`` to the outbox inside the current transaction of ``connection``, leased to
     this process, and return them with their outbox ids; ``dead`` ones (message, why) are written
-    dead, never to be published. Raises on failure (the caller falls back and logs)."""
+    dead, never to be published. ``savepoint`` is created first, and with ``commit`` the
+    transaction may be committed with the rows (see :func:`dbevents.outbox_sql.insert`). Raises
+    on failure (the caller falls back and logs; :class:`~dbevents.outbox_sql.CommitError` is
+    the transaction's own failure)."""
     if not messages and not dead:
         return []
     now = timezone.now()
@@ -63,7 +66,8 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message],
         for m, why in dead
     ]
     messages = [*messages, *(m for m, _ in dead)]
-    ids = outbox_sql.insert(connection, rows, arrays=vendor_of(connection).inserts_arrays())
+    ids, _committed = outbox_sql.insert(connection, rows, arrays=vendor_of(connection).inserts_arrays(),
+                                        savepoint=savepoint, commit=commit)
     if len(ids) != len(messages):
         raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {len(messages)} rows")
     alias = connection.alias

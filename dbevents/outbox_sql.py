@@ -1,6 +1,7 @@
 """The outbox INSERT of :func:`dbevents.outbox.store`, per driver: multi-row INSERTs on a bare
 driver cursor, or on PostgreSQL one INSERT of column arrays (no execute wrappers either way, so
-the rows stay out of ``connection.queries`` and of capture)."""
+the rows stay out of ``connection.queries`` and of capture). On PostgreSQL (psycopg 3) a small
+INSERT goes in one round trip with the savepoint before it and the COMMIT after it."""
 
 from __future__ import annotations
 
@@ -16,10 +17,35 @@ COLUMNS = ("event_id", "transaction_id", "ordinal", "service_name", "routing_key
             "event_key", "dead_at")
 
 
-def insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]], *, arrays: bool) -> list[int]:
-    """Insert ``rows`` (tuples in :data:`COLUMNS` order) in the current transaction; the new ids
-    in row order. ``arrays``: the driver takes one array per column (psycopg 3)."""
-    return _insert_postgresql(connection, rows) if arrays else _insert(connection, rows)
+#: Up to this many rows, psycopg 3 sends the INSERT as text with its savepoint and COMMIT.
+COMBINED_ROWS = 200
+
+
+class CommitError(Exception):
+    """The COMMIT sent with the outbox INSERT failed (a deferred constraint, a serialization
+    failure): the transaction is gone, and its ``error`` is the application's."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]], *, arrays: bool,
+           savepoint: str | None = None, commit: bool = False) -> tuple[list[int], bool]:
+    """Insert ``rows`` (tuples in :data:`COLUMNS` order) in the current transaction, after
+    creating ``savepoint`` if given; returns the new ids in row order and whether the
+    transaction was committed with them (``commit``: where the driver can send both at once).
+    ``arrays``: the driver takes one array per column (psycopg 3)."""
+    if arrays and (savepoint or commit) and len(rows) <= COMBINED_ROWS:
+        return _insert_combined(connection, rows, savepoint, commit), commit
+    if savepoint:
+        with connection.wrap_database_errors:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(f"SAVEPOINT {savepoint}")
+            finally:
+                cursor.close()
+    return (_insert_postgresql(connection, rows) if arrays else _insert(connection, rows)), False
 
 
 def _insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> list[int]:
@@ -60,6 +86,33 @@ _PG_INSERT = (
     f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"%b::{t}[]" for t in _PG_TYPES) + ") RETURNING id, event_id"
 )
+
+
+def _insert_combined(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]], savepoint: str | None,
+                     commit: bool) -> list[int]:
+    """One simple query (psycopg 3 binds client-side): ``SAVEPOINT; INSERT ... RETURNING;
+    COMMIT``. Raises :class:`CommitError` when the INSERT went in and the COMMIT failed."""
+    import psycopg
+
+    row_sql = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
+    sql = (f"{f'SAVEPOINT {savepoint}; ' if savepoint else ''}INSERT INTO {TABLE} ({', '.join(COLUMNS)}) "
+           f"VALUES {', '.join([row_sql] * len(rows))} RETURNING id, event_id{'; COMMIT' if commit else ''}")
+    raw = connection.connection
+    cursor = psycopg.ClientCursor(raw)
+    try:
+        try:
+            with connection.wrap_database_errors:
+                cursor.execute(sql, [value for row in rows for value in row])
+        except Exception as exc:
+            if commit and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                raise CommitError(exc) from exc
+            raise
+        if savepoint:
+            cursor.nextset()   # past the SAVEPOINT's result
+        by_event = {str(event_id): int(i) for i, event_id in cursor.fetchall()}
+    finally:
+        cursor.close()
+    return [by_event[row[0]] for row in rows if row[0] in by_event]
 
 
 def _insert_postgresql(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> list[int]:

@@ -8,6 +8,7 @@ a parent-table UPDATE can change a registered child).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -88,6 +89,14 @@ class ModelEntry:
             serializer.fields  # noqa: B018 -- built once, here, not concurrently by two threads later
             self._representer = serializer.to_representation
         return self._representer
+
+    @functools.cached_property
+    def serializer_may_query(self) -> bool:
+        """Whether serializing a row may run queries: a configured serializer may do anything;
+        the generated one reads many-to-many fields (forward ones, its ``__all__``) from the
+        database."""
+        return bool(self.serializer_path) or any(f.many_to_many and not f.auto_created
+                                                 for f in self.model._meta.get_fields())
 
     def service(self) -> str:
         """The nameko service name the events of this model claim to come from."""

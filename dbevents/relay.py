@@ -18,9 +18,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from django.db import connections, router
 
 from dbevents import conf, leases, outbox, status
+from dbevents.delivery import after_publish
 from dbevents.events import Message, describe_events
 from dbevents.owners import default_worker_id, owner_is_dead
-from dbevents.publisher import after_publish
 from dbevents.transport import PublishResult, Sender, describe_error
 
 logger = logging.getLogger("dbevents")

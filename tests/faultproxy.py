@@ -14,6 +14,7 @@
         proxy.throttle(200_000)      # forward at most 200 kB/s client -> upstream (TCP back-pressure)
         proxy.throttle(None)         # full speed again
         proxy.wait_for(lambda p: p.cuts == 1, timeout=5)
+        proxy.round_trips            # client requests answered: the client sent, then upstream replied
 
 One thread runs a selector loop that owns every socket; the public methods hand it a command and
 wait until it has been carried out, so when ``cut()`` or ``refuse()`` returns the fault is in place.
@@ -83,6 +84,7 @@ class _Connection:
         self.closed = False
         self.up = _Pipe("upstream")  # client -> upstream
         self.down = _Pipe("downstream")  # upstream -> client
+        self.last: Direction | None = None  # the direction bytes were last read in
 
     def destination(self, pipe: _Pipe) -> socket.socket:
         return self.upstream if pipe is self.up else self.client
@@ -123,6 +125,7 @@ class FaultProxy:
         self._accepted = 0
         self._bytes: dict[Direction, int] = {"upstream": 0, "downstream": 0}
         self._cuts = 0
+        self._round_trips = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -265,6 +268,13 @@ class FaultProxy:
         """How many times all connections were cut (by cut(), refuse() or a cut_after() trigger)."""
         with self._lock:
             return self._cuts
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips so far: how many times upstream answered after the client had sent (a
+        pipelined batch of requests is one)."""
+        with self._lock:
+            return self._round_trips
 
     @property
     def active_connections(self) -> int:
@@ -516,6 +526,10 @@ class FaultProxy:
             return
         if data:
             pipe.buffer += data
+            if pipe is connection.down and connection.last == "upstream":
+                with self._lock:
+                    self._round_trips += 1
+            connection.last = pipe.direction
         else:
             pipe.eof = True
         self._flush(connection, pipe)

@@ -144,3 +144,75 @@ def test_marking_rows_sent_is_one_transaction_of_one_statement_per_thousand_rows
     expected_set = ["SET LOCAL"] if connection.vendor == "postgresql" else []
     assert [s for s in seen if s not in ("BEGIN", "SAVEPOINT", "RELEASE")] == [*expected_set, "UPDATE", "UPDATE"]
     assert not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
+
+
+# Round trips a write costs on top of the stock engine's (the marking after publishing happens on
+# the publisher's own connection). An autocommit write gets a transaction of its own: PostgreSQL
+# sends BEGIN with the statement and adds one round trip for the outbox INSERT with its savepoint
+# and the COMMIT (with psycopg's server-side binding, BEGIN is one more); MariaDB
+# adds START TRANSACTION, the outbox INSERT and the COMMIT, and for an UPDATE (no RETURNING) the
+# SELECT ... FOR UPDATE of its keys and one load of the rows. In one atomic() PostgreSQL adds
+# nothing (the outbox INSERT goes with the COMMIT), MariaDB the load and the outbox INSERT.
+EXTRA_ROUND_TRIPS = {
+    "postgresql": {"create": 1, "update": 1, "saves": 0},
+    "mysql": {"create": 3, "update": 5, "saves": 2},
+}
+
+
+@pytest.fixture
+def round_trips():
+    """``round_trips(engine, work)``: how many round trips ``work`` makes with this thread's
+    ``default`` connection through the project's TCP proxy, on the dbevents or the stock engine."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.utils.module_loading import import_string
+
+    from tests.faultproxy import FaultProxy
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite: an embedded database makes no round trips")
+    settings = connection.settings_dict
+    stock = import_string(f"django.db.backends.{connection.vendor}.base.DatabaseWrapper")
+    original = connections[DEFAULT_DB_ALIAS]
+    with FaultProxy(upstream=(settings["HOST"], int(settings["PORT"]))) as proxy:
+
+        def count(engine, work):
+            wrapper = type(original) if engine == "dbevents" else stock
+            proxied = wrapper({**settings, "HOST": proxy.address[0], "PORT": proxy.address[1]}, DEFAULT_DB_ALIAS)
+            connections[DEFAULT_DB_ALIAS] = proxied
+            try:
+                proxied.ensure_connection()
+                before = proxy.round_trips
+                work()
+                return proxy.round_trips - before
+            finally:
+                connections[DEFAULT_DB_ALIAS] = original
+                proxied.close()
+
+        yield count
+
+
+def _saves():
+    customers = list(Customer.objects.order_by("pk")[:20])
+    with transaction.atomic():
+        for c in customers:
+            c.name += "!"
+            c.save()
+
+
+WRITES = {
+    "create": lambda: Customer.objects.create(name="new"),
+    "update": lambda: Customer.objects.filter(name__startswith="c").update(email="x@example.com"),
+    "saves": _saves,
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_round_trips_a_write_adds(round_trips, write):
+    from dbevents import publisher
+
+    Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(20)])
+    assert publisher.wait(30)
+    stock = round_trips("stock", WRITES[write])
+    ours = round_trips("dbevents", WRITES[write])
+    assert publisher.wait(30)
+    assert ours - stock == EXTRA_ROUND_TRIPS[connection.vendor][write], (stock, ours)

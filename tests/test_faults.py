@@ -235,7 +235,7 @@ def test_a_throttled_broker_gets_every_event_once_with_a_bounded_window(broker, 
         Customer.objects.create(name="warm-up")
         assert publisher.wait(30)
         broker.drain()
-        transport = publisher.current()._sender._transport
+        transport = publisher.current()._delivery._sender._transport
         sock = transport.connection.connection.transport.sock
         if hasattr(socket_module, "TCP_USER_TIMEOUT"):
             assert sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_USER_TIMEOUT) == 5000

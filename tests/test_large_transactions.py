@@ -119,11 +119,11 @@ def test_a_failed_early_write_keeps_the_events_for_commit(broker, monkeypatch, c
     real = outbox.store
     calls = []
 
-    def failing_once(connection, messages, dead=()):
+    def failing_once(connection, messages, dead=(), **kw):
         calls.append(len(messages))
         if len(calls) == 1:
             raise RuntimeError("outbox unavailable")
-        return real(connection, messages, dead)
+        return real(connection, messages, dead, **kw)
 
     monkeypatch.setattr(outbox, "store", failing_once)
     with chunked(), caplog.at_level(logging.ERROR, logger="dbevents"):

@@ -341,7 +341,7 @@ def test_one_process_publishes_in_outbox_order_whatever_order_its_threads_queued
     first, second = message(10, 1, "created"), message(11, 1)
     pub = publisher.Publisher()
     # Thread B committed after thread A (it waited for A's row lock) but queued first.
-    pub._deliver([Committed([], "default", [second]), Committed([], "default", [first])])
+    pub._delivery.deliver([Committed([], "default", [second]), Committed([], "default", [first])])
     assert recording.confirmed == [("customer__created", 1), ("customer__updated", 1)]
 
 

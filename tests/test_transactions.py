@@ -163,3 +163,33 @@ def test_order_with_several_models_follows_statement_order():
             c.save()
             o.delete()
     assert names(events) == ["customer__created", "order__created", "customer__updated", "order__deleted"]
+
+
+@pytest.mark.parametrize("in_atomic", [False, True], ids=["autocommit", "atomic"])
+def test_a_commit_that_fails_fails_the_write_and_emits_nothing(broker, in_atomic):
+    """A foreign key Django declares deferred (PostgreSQL, SQLite) is checked at COMMIT, which
+    dbevents sends together with the outbox rows: the application gets the IntegrityError from
+    the same call as on the stock engine, and no event goes out."""
+    from django.db import IntegrityError
+
+    from dbevents.models import OutboxMessage
+    from tests.shop.models import Item
+
+    order = Order.objects.create(number=1, customer=Customer.objects.create(name="c"))
+    broker.drain()
+    rows_before = OutboxMessage.objects.count()
+
+    def write():
+        Item.objects.create(order_id=order.pk + 1000, sku="dangling")
+
+    with pytest.raises(IntegrityError):
+        if in_atomic:
+            with transaction.atomic():
+                write()
+        else:
+            write()
+    assert not Item.objects.exists()
+    assert OutboxMessage.objects.count() == rows_before
+    Item.objects.create(order=order, sku="ok")    # the connection goes on as usual
+    received = broker.drain()
+    assert [(r.name, r.payload["sku"]) for r in received] == [("line__created", "ok")]

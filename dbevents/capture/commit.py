@@ -14,6 +14,7 @@ from dbevents.capture.rows import Rows
 from dbevents.capture.serialization import Series, build_events
 from dbevents.capture.vendors import Vendor
 from dbevents.events import Committed, Message, describe_events, encode_each
+from dbevents.outbox_sql import CommitError
 
 if TYPE_CHECKING:
     from dbevents.events import Event
@@ -46,28 +47,42 @@ def prepare(pending: PendingEvents, alias: str, *, peek: bool = False, after: in
     return events
 
 
-def prepare_commit(pending: PendingEvents, vendor: Vendor, rows: Rows) -> Committed:
+def prepare_commit(pending: PendingEvents, vendor: Vendor, rows: Rows, *, commit: bool = False) -> Committed:
     """:func:`prepare` at COMMIT, and the events' outbox rows written in the same transaction
     (``DBEVENTS_DELIVERY = "outbox"``). Where a failed query aborts the transaction (PostgreSQL)
     and would silently turn the COMMIT into a rollback, this runs behind a savepoint, rolled back
-    to if anything failed."""
+    to if anything failed. With ``commit`` the driver may commit the transaction along with the
+    outbox rows (one round trip); the caller's COMMIT then finds nothing left to do. Raises only
+    :class:`~dbevents.outbox_sql.CommitError`: that COMMIT failed, the transaction is gone."""
     if not pending.events and not pending.spilled:
         return NOTHING
-    # Nothing may escape from here: an exception out of commit() that is not a DatabaseError
-    # commits anyway on SQLite and MariaDB, and leaves a PostgreSQL connection inside a
-    # transaction Django has forgotten.
+    # Nothing else may escape from here: an exception out of commit() that is not a
+    # DatabaseError commits anyway on SQLite and MariaDB, and leaves a PostgreSQL connection
+    # inside a transaction Django has forgotten.
     connection = rows.connection
     events_before = pending.events
     spilled = array("q")
     for chunk in pending.spilled:
         spilled.extend(chunk.ids)
+    guard = vendor.commit_guard
+    if guard and vendor.transaction_failed():
+        pending.discard()  # an aborted transaction: its COMMIT rolls back, nothing to emit
+        return NOTHING
+    # Building the events queries for rows that lack data and in serializers that read the
+    # database; otherwise the savepoint goes with the outbox INSERT.
+    early = guard and (bool(pending.incomplete) or any(
+        e.table.entry is None or e.table.entry.serializer_may_query for e in pending.events))
     try:
-        if vendor.commit_guard:
+        if early:
             rows.execute("SAVEPOINT dbevents_prepare")
         events = prepare(pending, connection.alias)
-        messages = store(connection, events)
-        if vendor.commit_guard and vendor.transaction_failed():
+        messages = store(connection, events, savepoint="dbevents_prepare" if guard and not early else None,
+                         commit=commit)
+        if guard and vendor.transaction_failed():
             rows.execute("ROLLBACK TO SAVEPOINT dbevents_prepare")
+    except CommitError:
+        pending.discard()
+        raise
     except Exception:
         logger.exception("dbevents: the events of a transaction on %r are lost (%s)", connection.alias,
                          describe(events_before))
@@ -119,17 +134,21 @@ def spill(pending: PendingEvents, vendor: Vendor) -> None:
     pending.spill_after = len(pending.events) + chunk
 
 
-def store(connection: Any, events: list[Event]) -> list[Message] | None:
+def store(connection: Any, events: list[Event], *, savepoint: str | None = None,
+          commit: bool = False) -> list[Message] | None:
     """Write ``events`` to the outbox when it is on (and no testing sink keeps them from the
     broker); None means "publish directly". A failure falls back to direct delivery, logged with
-    the event ids."""
+    the event ids (but :class:`~dbevents.outbox_sql.CommitError` is raised)."""
     if not events or not conf.outbox_enabled():
         return None
     if not publisher.publishing():
         return None
     messages, unencodable = encode_each(events)
     try:
-        stored = outbox.store(connection, messages, dead=[(u.message, u.why) for u in unencodable])
+        stored = outbox.store(connection, messages, dead=[(u.message, u.why) for u in unencodable],
+                              savepoint=savepoint, commit=commit)
+    except CommitError:
+        raise
     except Exception as exc:
         logger.error(
             "dbevents: writing %d event(s) to the outbox of %r failed (%s: %s); they are published "

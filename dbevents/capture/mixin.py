@@ -10,6 +10,7 @@ from typing import Any
 from dbevents import publisher
 from dbevents.capture.commit import NOTHING
 from dbevents.capture.wrapper import ConnectionCapture
+from dbevents.outbox_sql import CommitError
 
 
 class CaptureMixin:
@@ -49,8 +50,13 @@ class CaptureMixin:
         return not self.dbevents.internal and super().queries_logged  # type: ignore[misc]
 
     def commit(self) -> None:
-        committed = self.dbevents.prepare_commit() if not self.in_atomic_block else NOTHING  # type: ignore[attr-defined]
-        super().commit()  # type: ignore[misc]
+        committed = NOTHING
+        if not self.in_atomic_block:  # type: ignore[attr-defined]
+            try:
+                committed = self.dbevents.prepare_commit(commit_with_outbox=True)
+            except CommitError as failed:
+                raise failed.error from None  # what the COMMIT raises on the stock engine
+        super().commit()  # type: ignore[misc]  # nothing left to do when the outbox INSERT committed
         publisher.publish(committed)
 
     def rollback(self) -> None:

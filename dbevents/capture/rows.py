@@ -14,6 +14,8 @@ from dbevents.sql import Statement, params_between, pk_only_where, split_qualifi
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
+    from dbevents.capture.vendors import Vendor
+
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 # Key types whose values order as the rows were inserted (an upsert's "highest key before it").
 INTEGER_TYPES = frozenset(
@@ -25,8 +27,9 @@ INTEGER_TYPES = frozenset(
 class Rows:
     """Reads rows for one connection's capture, converted as the ORM converts them."""
 
-    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+    def __init__(self, connection: BaseDatabaseWrapper, vendor: Vendor) -> None:
         self.connection = connection
+        self.vendor = vendor
         self._converters: dict[str, list[Any]] = {}
 
     def query(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
@@ -38,12 +41,22 @@ class Rows:
         """Run one statement of capture's own (``SAVEPOINT`` ...) on a bare driver cursor."""
         self._run(sql, None, fetch=False)
 
+    def begin_now(self) -> None:
+        """Send the BEGIN of capture's own transaction now if it waits for the statement."""
+        if self.vendor.begin_pending:
+            self._run("", None, fetch=False)
+
     def _run(self, sql: str, params: Any, fetch: bool) -> list[tuple[Any, ...]]:
         conn = self.connection
         conn.ensure_connection()
         with conn.wrap_database_errors:
             cursor = conn.create_cursor()
             try:
+                if self.vendor.take_begin():
+                    cursor.execute("BEGIN")  # capture reads rows before the statement: begin now
+                    self.vendor.began_with_statement = False
+                if not sql:
+                    return []
                 if params is None:
                     cursor.execute(sql)
                 else:

@@ -57,13 +57,29 @@ class Vendor:
     #: not wait for the disk.
     relaxed_commit: str | None = None
 
-    def begin(self, raw: Any) -> None:
-        """Start a transaction of the driver's own on an autocommit connection."""
+    #: Set by :meth:`begin` where the BEGIN goes out with the transaction's first statement;
+    #: ``began_with_statement`` once it did.
+    begin_pending = False
+    began_with_statement = False
+
+    def begin(self, raw: Any, *, with_statement: bool = False) -> None:
+        """Start a transaction of the driver's own on an autocommit connection (``with_statement``:
+        it may begin with the next statement capture runs, see :meth:`take_begin`)."""
         raw.autocommit = False
 
     def end(self, raw: Any) -> None:
         """Back to autocommit after :meth:`begin` (committed or rolled back)."""
+        self.begin_pending = self.began_with_statement = False
         raw.autocommit = True
+
+    def take_begin(self) -> str:
+        """What to put before the transaction's first statement: ``"BEGIN; "`` while the BEGIN
+        is pending (then it is no longer), else nothing."""
+        if not self.begin_pending:
+            return ""
+        self.begin_pending = False
+        self.began_with_statement = True
+        return "BEGIN; "
 
     def transaction_failed(self) -> bool:
         """Whether the current transaction is aborted (only asked where :attr:`commit_guard`)."""
@@ -97,6 +113,17 @@ class PostgreSQL(Vendor):
     def _psycopg3(self) -> bool:
         return getattr(getattr(self.connection, "Database", None), "__name__", "") == "psycopg"
 
+    def begin(self, raw: Any, *, with_statement: bool = False) -> None:
+        # psycopg 3 binding client-side (Django's default) sends a statement as a simple query,
+        # which may hold several: the BEGIN goes with the first one, saving a round trip.
+        # Otherwise psycopg sends it on its own before the first statement.
+        import psycopg
+
+        if with_statement and self._psycopg3() and issubclass(raw.cursor_factory, psycopg.ClientCursor):
+            self.begin_pending = True
+        else:
+            raw.autocommit = False
+
     def transaction_failed(self) -> bool:
         raw = self.connection.connection
         info = getattr(raw, "info", None)  # psycopg 3; psycopg2 has get_transaction_status()
@@ -122,7 +149,7 @@ class SQLite(Vendor):
     def executemany_result(self, total: int, raw: Any) -> Any:
         return raw
 
-    def begin(self, raw: Any) -> None:
+    def begin(self, raw: Any, *, with_statement: bool = False) -> None:
         raw.execute(f"BEGIN {getattr(self.connection, 'transaction_mode', None) or ''}".rstrip())
 
     def end(self, raw: Any) -> None:
@@ -159,11 +186,12 @@ class MySQL(Vendor):
     def executemany_result(self, total: int, raw: Any) -> Any:
         return total
 
-    def begin(self, raw: Any) -> None:
-        raw.autocommit(False)
+    def begin(self, raw: Any, *, with_statement: bool = False) -> None:
+        # One round trip, and none to end it: the COMMIT or ROLLBACK returns to autocommit.
+        raw.query("START TRANSACTION")
 
     def end(self, raw: Any) -> None:
-        raw.autocommit(True)
+        pass
 
     def no_result(self, raw: Any, empty: Any) -> Any:
         return () if empty == [] else empty

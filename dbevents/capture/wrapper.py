@@ -21,6 +21,7 @@ from dbevents.capture.rows import Rows, given_keys
 from dbevents.capture.vendors import vendor_for
 from dbevents.capture.write import Write
 from dbevents.events import Committed
+from dbevents.outbox_sql import CommitError
 from dbevents.registry import TableInfo, get_registry
 from dbevents.sql import analyse, analyse_merge, compound_writes, split_statements, write_target
 
@@ -47,7 +48,7 @@ class ConnectionCapture:
         self.paused = False            # set while ``migrate`` runs on this connection
         self.internal = False          # the publisher thread's own connection: its queries are not logged
         self.vendor = vendor_for(self.connection)
-        self.rows = Rows(self.connection)
+        self.rows = Rows(self.connection, self.vendor)
         self.pending = PendingEvents(self.connection, self.rows)
         self.pending.spill = functools.partial(commit.spill, vendor=self.vendor)
         self._schema: tuple[Any, str] | None = None  # (driver connection, its current schema)
@@ -159,7 +160,11 @@ class ConnectionCapture:
         from (``raw`` or a :class:`ReplayCursor`) on exit."""
 
         def execute(run_sql: str, run_params: Any) -> Any:
-            return raw.execute(run_sql) if run_params is None else raw.execute(run_sql, run_params)
+            begin = self.vendor.take_begin()   # capture's own transaction starts with this statement
+            result = raw.execute(begin + run_sql) if run_params is None else raw.execute(begin + run_sql, run_params)
+            if begin:
+                raw.nextset()  # the statement's result, after the BEGIN's
+            return result
 
         if info is None:
             return self._several(mutes, execute, sql, params, context, autocommit)
@@ -203,7 +208,8 @@ class ConnectionCapture:
         """Run a capture path, guarded, in a transaction of its own if ``own_transaction``."""
         if own_transaction:
             return self.in_raw_transaction(
-                lambda: self._guarded(path, stmt, info, execute, params, context, mutes, True, *args), context)
+                lambda: self._guarded(path, stmt, info, execute, params, context, mutes, True, *args), context,
+                with_statement=True)
         return self._guarded(path, stmt, info, execute, params, context, mutes, False, *args)
 
     def _guarded(self, path: Callable[..., Any], stmt: Any, info: TableInfo, execute: Callable[..., Any],
@@ -235,6 +241,7 @@ class ConnectionCapture:
             if "ran" not in state:
                 logger.exception("dbevents: capture failed before a %s on %s (%r); the statement runs uncaptured "
                                  "and its events are lost: %.300s", stmt.keyword.upper(), label, alias, stmt.sql)
+                self.rows.begin_now()  # not with the statement: the query log shows it as given
                 return execute(stmt.sql, params)
             if "result" not in state:
                 raise  # the statement itself failed
@@ -244,10 +251,10 @@ class ConnectionCapture:
         self._show(stmt.sql, params, state, context)
         return result
 
-    @staticmethod
-    def _show(sql: str, params: Any, state: dict[str, Any], context: dict[str, Any]) -> None:
-        """When capture changed the statement, Django's query log shows it as it was given."""
-        if state.get("ran", sql) == sql:
+    def _show(self, sql: str, params: Any, state: dict[str, Any], context: dict[str, Any]) -> None:
+        """When capture changed the statement (or sent its transaction's BEGIN with it), Django's
+        query log shows it as it was given."""
+        if state.get("ran", sql) == sql and not self.vendor.began_with_statement:
             return
         wrapper = context["cursor"]
         if not isinstance(wrapper.cursor, ReplayCursor):
@@ -266,20 +273,25 @@ class ConnectionCapture:
 
     # ------------------------------------------------------------------ transactions of capture's own
 
-    def in_raw_transaction(self, run: Callable[[], Any], context: dict[str, Any]) -> Any:
+    def in_raw_transaction(self, run: Callable[[], Any], context: dict[str, Any], *,
+                           with_statement: bool = False) -> Any:
         """Run an autocommit statement in a transaction of the driver's own, invisible to
         Django's transaction state and query log, and commit it with its events (and their
-        outbox rows); publish them after the COMMIT."""
+        outbox rows); publish them after the COMMIT. ``with_statement``: ``run`` goes through
+        the capture paths, which may send the BEGIN with the statement."""
         raw = self.connection.connection
         with self.connection.wrap_database_errors:
-            self.vendor.begin(raw)
+            self.vendor.begin(raw, with_statement=with_statement)
         try:
             result = run()
             if self.vendor.reads_rows_before_commit:
                 buffer_result(context)
-            committed = self.prepare_commit()
+            committed = self.prepare_commit(commit_with_outbox=True)
             with self.connection.wrap_database_errors:
-                raw.commit()
+                raw.commit()  # nothing left to do when the outbox INSERT committed already
+        except CommitError as failed:
+            self.discard()
+            raise failed.error from None  # the application's error, as its statement raises it
         except BaseException:
             self.discard()
             with self.connection.wrap_database_errors:
@@ -297,8 +309,9 @@ class ConnectionCapture:
         """This transaction's events (see :func:`commit.prepare`)."""
         return commit.prepare(self.pending, self.connection.alias, peek=peek, after=after)
 
-    def prepare_commit(self) -> Committed:
-        return commit.prepare_commit(self.pending, self.vendor, self.rows)
+    def prepare_commit(self, *, commit_with_outbox: bool = False) -> Committed:
+        """The transaction's events before its COMMIT (see :func:`commit.prepare_commit`)."""
+        return commit.prepare_commit(self.pending, self.vendor, self.rows, commit=commit_with_outbox)
 
     def flush_committed(self) -> None:
         """Publish the events of statements that are already committed (autocommit)."""
