@@ -106,7 +106,7 @@ def test_dead_broker_commits_returns_promptly_and_names_every_event(caplog, deli
 def test_full_queue_logs_the_events_it_refuses(caplog):
     with override_settings(
         NAMEKO_CONFIG={"AMQP_URI": dead_broker_uri()}, DBEVENTS_QUEUE_SIZE=1,
-        DBEVENTS_PUBLISH_RETRIES=2, DBEVENTS_PUBLISH_RETRY_DELAY=0.5,
+        DBEVENTS_PUBLISH_RETRIES=2, DBEVENTS_PUBLISH_RETRY_DELAY=0.5, DBEVENTS_PUBLISH_LINGER=0,
     ):
         with capture_events(publish=True) as events:
             Customer.objects.create(name="queued")     # taken by the publisher thread
@@ -208,3 +208,32 @@ def test_failure_around_building_events_at_commit_never_fails_the_commit(monkeyp
     assert Customer.objects.filter(pk=c.pk).exists()
     assert events == []
     assert f"shop.Customer pks=[{c.pk}]" in caplog.text
+
+
+class CountingTransport:
+    """Confirms everything and records the size of each batch it was given."""
+
+    batches: list[int] = []
+
+    def publish(self, messages):
+        from dbevents.transport import PublishResult
+
+        CountingTransport.batches.append(len(messages))
+        return PublishResult(confirmed=list(messages))
+
+    def close(self):
+        pass
+
+
+def test_transactions_committed_close_together_go_out_as_one_batch():
+    """The publisher lets transactions join a batch for DBEVENTS_PUBLISH_LINGER; a thread that
+    waits for the events (publisher.wait()) does not wait for the linger."""
+    CountingTransport.batches = []
+    with override_settings(DBEVENTS_TRANSPORT="tests.test_delivery.CountingTransport", DBEVENTS_PUBLISH_LINGER=5.0):
+        for i in range(3):
+            Customer.objects.create(name=f"c{i}")
+        started = time.monotonic()
+        assert publisher.wait(10)
+        waited = time.monotonic() - started
+    assert CountingTransport.batches == [3]
+    assert waited < 4.0
