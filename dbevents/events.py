@@ -108,6 +108,7 @@ class Message:
     headers: dict[str, Any]
     outbox_id: int | None = None
     alias: str | None = None
+    _key: str = field(default="", repr=False, compare=False)
 
     @property
     def event_id(self) -> str:
@@ -115,8 +116,17 @@ class Message:
 
     @property
     def key(self) -> str:
-        """The event's ``event_key`` (model and primary key)."""
-        return event_key(self.headers)
+        """The event's ``event_key`` (model and primary key), computed once."""
+        key = self._key
+        if not key:
+            key = event_key(self.headers)
+            object.__setattr__(self, "_key", key)  # a cache: the message stays immutable
+        return key
+
+    def stored(self, outbox_id: int, alias: str) -> Message:
+        """This message as its outbox row holds it."""
+        return Message(self.service_name, self.routing_key, self.body, self.content_type, self.content_encoding,
+                       self.headers, outbox_id, alias, self._key)
 
     def describe(self) -> str:
         """``"<event id> (<event name> <model> pk=<pk>)"``, for log lines."""

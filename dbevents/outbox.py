@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +70,7 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message], dead: Sequen
     if len(ids) != len(messages):
         raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {len(messages)} rows")
     alias = connection.alias
-    return [replace(m, outbox_id=i, alias=alias) for m, i in zip(messages, ids, strict=True)]
+    return [m.stored(i, alias) for m, i in zip(messages, ids, strict=True)]
 
 
 def holds_connections() -> bool:
@@ -192,7 +191,8 @@ MESSAGE_FIELDS = ("id", "service_name", "routing_key", "body", "content_type", "
 def held_back(messages: Sequence[Message]) -> list[Message]:
     """The outbox messages of ``messages`` whose row has an earlier event still unsent that is
     not among ``messages`` (left to the relay after a failure, or another process's): publishing
-    them now would overtake it. One query per database and 500 keys."""
+    them now would overtake it. Usually one query per database: the unsent rows up to the last of
+    ``messages``, when they are not many more than ``messages`` (else one query per 500 keys)."""
     out: list[Message] = []
     by_alias: dict[str, list[Message]] = {}
     for m in messages:
@@ -200,15 +200,31 @@ def held_back(messages: Sequence[Message]) -> list[Message]:
             by_alias.setdefault(m.alias, []).append(m)
     for alias, group in by_alias.items():
         ids = {m.outbox_id for m in group if m.outbox_id is not None}
-        if not retrying(alias, functools.partial(_any_unsent_before, alias, min(ids))):
-            continue   # the usual case, no backlog: one indexed look instead of one per 500 keys
-        earliest: dict[str, int] = retrying(alias, functools.partial(_earliest_unsent, alias, group, ids, max(ids)))
+        earliest = retrying(alias, functools.partial(_unsent_before, alias, ids, max(ids)))
+        if earliest is None:  # a backlog: ask per key
+            earliest = retrying(alias, functools.partial(_earliest_unsent, alias, group, ids, max(ids)))
         out += [m for m in group if m.outbox_id is not None and earliest.get(m.key, m.outbox_id) < m.outbox_id]
     return out
 
 
-def _any_unsent_before(alias: str, first: int) -> bool:
-    return bool(outbox_model().objects.using(alias).filter(unsent(), id__lt=first).exists())
+#: How many unsent rows besides a batch's own :func:`held_back` reads at once.
+_FOREIGN_ROWS = 1000
+
+
+def _unsent_before(alias: str, ours: set[int], last: int) -> dict[str, int] | None:
+    """Per row key: the earliest unsent event up to ``last`` that is not ours -- other
+    processes' rows may lie between ours (a transaction written in chunks) -- or None when there
+    are more than :data:`_FOREIGN_ROWS` of them."""
+    limit = len(ours) + _FOREIGN_ROWS
+    rows = list(outbox_model().objects.using(alias).filter(unsent(), id__lte=last).order_by("id")
+                .values_list("id", "event_key")[:limit])
+    if len(rows) == limit:
+        return None
+    earliest: dict[str, int] = {}
+    for i, key in rows:
+        if i not in ours and key and key not in earliest:
+            earliest[key] = i
+    return earliest
 
 
 def _earliest_unsent(alias: str, group: Sequence[Message], ours: set[int], last: int) -> dict[str, int]:

@@ -20,6 +20,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from dbevents import conf
+from dbevents.representer import compile_representer
 from dbevents.sql import unquote
 
 if TYPE_CHECKING:
@@ -78,16 +79,17 @@ class ModelEntry:
 
         The generated serializer's output depends on nothing but the instance (no context, no
         methods of its own), so one instance with its fields built is shared: building a
-        ``ModelSerializer``'s fields costs more than serializing a row with them. The payloads
-        are exactly ``Serializer(instances, many=True).data``'s items. A configured serializer
-        is instantiated for every transaction, as DRF expects.
+        ``ModelSerializer``'s fields costs more than serializing a row with them, and its
+        ``to_representation`` is compiled (:mod:`dbevents.representer`) where its fields allow.
+        The payloads are exactly ``Serializer(instances, many=True).data``'s items. A configured
+        serializer is instantiated for every transaction, as DRF expects.
         """
         if self.serializer_path:
             return None
         if self._representer is None:
             serializer = self.serializer_class()()
             serializer.fields  # noqa: B018 -- built once, here, not concurrently by two threads later
-            self._representer = serializer.to_representation
+            self._representer = compile_representer(serializer, self.model) or serializer.to_representation
         return self._representer
 
     @functools.cached_property

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -355,3 +356,34 @@ def test_a_batch_claimed_ahead_too_long_ago_is_given_back_not_published():
     ahead.start("default", lambda alias: batch)
     assert ahead.take("default", max_age=60.0) == (batch, [])
     assert ahead.close() == []
+
+
+def outbox_rows(*specs):
+    """Outbox rows (key, sent) in id order; their messages."""
+    now = timezone.now()
+    rows = OutboxMessage.objects.bulk_create([
+        OutboxMessage(event_id=uuid.uuid4().hex, transaction_id="t", ordinal=1, service_name="s",
+                      routing_key="customer__updated", body=b"{}", content_type="application/json",
+                      content_encoding="utf-8", headers="{}", created_at=now, event_key=key,
+                      sent_at=now if sent else None)
+        for key, sent in specs
+    ])
+    ids = list(OutboxMessage.objects.order_by("-id").values_list("id", flat=True)[:len(specs)])[::-1]
+    from dbevents.events import Message
+
+    return [Message("s", "customer__updated", b"{}", "application/json", "utf-8",
+                    {"dbevents.model": "shop.Customer", "dbevents.pk": key.split(":")[-1]}, i, connection.alias)
+            for (key, _), i in zip(specs, ids, strict=True)], rows
+
+
+@pytest.mark.parametrize("backlog", [0, 1200], ids=["few-unsent", "backlog"])
+def test_an_unsent_event_between_a_batchs_own_holds_its_rows_later_event_back(backlog):
+    """A transaction written in chunks gets outbox ids on both sides of another process's row
+    (committed meanwhile, still unsent): the batch's event of that row waits for it."""
+    if backlog:
+        outbox_rows(*[(f"shop.Customer:{1000 + i}", False) for i in range(backlog)])
+    (first, foreign, later, done, last), _ = outbox_rows(
+        ("shop.Customer:1", False), ("shop.Customer:2", False), ("shop.Customer:2", False),
+        ("shop.Customer:3", True), ("shop.Customer:3", False))
+    assert outbox.held_back([first, later, last]) == [later]
+    assert outbox.held_back([first, foreign, later, last]) == []
