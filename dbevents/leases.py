@@ -140,18 +140,21 @@ def release_ids(alias: str, ids: Sequence[int], error: str, *, owner: str, backo
 
 def take_own(alias: str, ids: Sequence[int], owner: str) -> list[Message]:
     """The rows ``ids`` of ``alias``'s outbox still leased to ``owner`` as written (a large
-    transaction's, read back after COMMIT by the process that wrote them), their lease renewed
-    for ``DBEVENTS_OUTBOX_LEASE``, in ``id`` order. Rows a relay took meanwhile are left to it."""
+    transaction's, read back after COMMIT by the process that wrote them), in ``id`` order. A
+    lease with less than half of ``DBEVENTS_OUTBOX_LEASE`` left is renewed first (usually none
+    is: the rows were written moments ago); rows a relay took meanwhile are left to it."""
     manager = outbox_model().objects.using(alias)
 
     def take() -> list[Message]:
-        until = timezone.now() + timedelta(seconds=float(conf.get("DBEVENTS_OUTBOX_LEASE")))
+        lease = float(conf.get("DBEVENTS_OUTBOX_LEASE"))
+        now = timezone.now()
         out: list[Message] = []
         with transaction.atomic(using=alias):
             for chunk in chunks(ids):
                 mine = manager.filter(pk__in=list(chunk), lease_owner=owner, sent_at__isnull=True)
-                if mine.update(available_at=until):
-                    out += [message_of(row, alias) for row in mine.order_by("id").values_list(*MESSAGE_FIELDS)]
+                mine.filter(available_at__lt=now + timedelta(seconds=lease / 2)).update(
+                    available_at=now + timedelta(seconds=lease))
+                out += [message_of(row, alias) for row in mine.order_by("id").values_list(*MESSAGE_FIELDS)]
         return out
 
     taken: list[Message] = retrying(alias, take)

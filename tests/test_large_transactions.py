@@ -174,3 +174,33 @@ def test_peak_memory_of_a_large_update_does_not_grow_with_its_rows():
     assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 0
     # Four times the rows, bounded by the chunk: not four times the memory.
     assert large < 1.5 * small, (small, large)
+
+
+def test_reading_back_leaves_rows_a_relay_took_and_renews_leases_about_to_end():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from dbevents import leases, owners
+
+    with chunked(), override_settings(DBEVENTS_TRANSPORT="tests.test_large_transactions.Dropping"):
+        with transaction.atomic():
+            Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(CHUNK + 10)])
+            ids = list(OutboxMessage.objects.order_by("id").values_list("id", flat=True))
+        assert publisher.wait(30)
+    me = owners.process_owner()
+    now = timezone.now()
+    OutboxMessage.objects.update(sent_at=None, lease_owner=me, available_at=now + timedelta(seconds=55))
+    OutboxMessage.objects.filter(pk=ids[0]).update(lease_owner="relay-1:abcd")          # a relay took it
+    OutboxMessage.objects.filter(pk=ids[1]).update(available_at=now + timedelta(seconds=5))  # about to end
+    taken = leases.take_own(connection_alias(), ids, me)
+    assert [m.outbox_id for m in taken] == ids[1:]
+    renewed = OutboxMessage.objects.get(pk=ids[1]).available_at
+    assert renewed > now + timedelta(seconds=50)
+    assert OutboxMessage.objects.get(pk=ids[0]).lease_owner == "relay-1:abcd"
+
+
+def connection_alias() -> str:
+    from django.db import connection
+
+    return connection.alias
