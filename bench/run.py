@@ -9,7 +9,7 @@ Environment: ``BENCH_DATABASES`` (default ``postgresql mysql sqlite``), ``BENCH_
 ``dbevents des``), ``BENCH_ROUNDS`` (default 5), ``BENCH_QUICK=1`` (smaller workloads, for a
 smoke run), ``BENCH_WORKLOADS`` (a subset: reads creates saves update bulk_create bulk_update
 cascade), ``BENCH_MEMORY`` (databases for the 100,000- and 1,000,000-row update memory test; default
-``postgresql``; ``none`` to skip), ``BENCH_DELIVERY`` (sets ``DBEVENTS_DELIVERY``; default:
+``postgresql``; ``none`` to skip; ``BENCH_MEMORY_ROWS`` the row counts), ``BENCH_DELIVERY`` (sets ``DBEVENTS_DELIVERY``; default:
 unset, the library's default), ``BENCH_DES_PYTHON``, ``BENCH_AMQP_URI``, ``BENCH_PG_HOST``/``_PORT``,
 ``BENCH_MYSQL_HOST``/``_PORT``, ``BENCH_OUTPUT`` (default ``bench/RESULTS.md``).
 """

@@ -191,8 +191,9 @@ MESSAGE_FIELDS = ("id", "service_name", "routing_key", "body", "content_type", "
 def held_back(messages: Sequence[Message]) -> list[Message]:
     """The outbox messages of ``messages`` whose row has an earlier event still unsent that is
     not among ``messages`` (left to the relay after a failure, or another process's): publishing
-    them now would overtake it. Usually one query per database: the unsent rows up to the last of
-    ``messages``, when they are not many more than ``messages`` (else one query per 500 keys)."""
+    them now would overtake it. Usually one query per database: the unsent rows before the first
+    of ``messages`` when they are few (else one query per 500 keys), and those between them when
+    their ids have gaps."""
     out: list[Message] = []
     by_alias: dict[str, list[Message]] = {}
     for m in messages:
@@ -207,21 +208,23 @@ def held_back(messages: Sequence[Message]) -> list[Message]:
     return out
 
 
-#: How many unsent rows besides a batch's own :func:`held_back` reads at once.
+#: How many unsent rows before a batch's own :func:`held_back` reads at once.
 _FOREIGN_ROWS = 1000
 
 
 def _unsent_before(alias: str, ours: set[int], last: int) -> dict[str, int] | None:
     """Per row key: the earliest unsent event up to ``last`` that is not ours -- other
-    processes' rows may lie between ours (a transaction written in chunks) -- or None when there
-    are more than :data:`_FOREIGN_ROWS` of them."""
-    limit = len(ours) + _FOREIGN_ROWS
-    rows = list(outbox_model().objects.using(alias).filter(unsent(), id__lte=last).order_by("id")
-                .values_list("id", "event_key")[:limit])
-    if len(rows) == limit:
+    processes' rows may lie between ours (a transaction written in chunks) -- or None when more
+    than :data:`_FOREIGN_ROWS` unsent rows come before ours (a backlog)."""
+    manager = outbox_model().objects.using(alias).filter(unsent())
+    first = min(ours)
+    rows = list(manager.filter(id__lt=first).order_by("id").values_list("id", "event_key")[:_FOREIGN_ROWS])
+    if len(rows) == _FOREIGN_ROWS:
         return None
+    if len(ours) < last - first + 1:  # gaps between our ids: rows of others may fill them
+        rows += manager.filter(id__gt=first, id__lt=last).values_list("id", "event_key")
     earliest: dict[str, int] = {}
-    for i, key in rows:
+    for i, key in sorted(rows):
         if i not in ours and key and key not in earliest:
             earliest[key] = i
     return earliest
