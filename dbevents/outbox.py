@@ -65,8 +65,8 @@ def store(connection: BaseDatabaseWrapper, messages: list[Message], dead: Sequen
         for m, why in dead
     ]
     messages = [*messages, *(m for m, _ in dead)]
-    ids, _committed = outbox_sql.insert(connection, rows, arrays=vendor_of(connection).inserts_arrays(),
-                                        savepoint=savepoint, commit=commit)
+    ids = outbox_sql.insert(connection, rows, arrays=vendor_of(connection).inserts_arrays(),
+                            savepoint=savepoint, commit=commit)
     if len(ids) != len(messages):
         raise RuntimeError(f"the outbox INSERT returned {len(ids)} ids for {len(messages)} rows")
     alias = connection.alias

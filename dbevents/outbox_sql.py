@@ -31,13 +31,14 @@ class CommitError(Exception):
 
 
 def insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]], *, arrays: bool,
-           savepoint: str | None = None, commit: bool = False) -> tuple[list[int], bool]:
+           savepoint: str | None = None, commit: bool = False) -> list[int]:
     """Insert ``rows`` (tuples in :data:`COLUMNS` order) in the current transaction, after
-    creating ``savepoint`` if given; returns the new ids in row order and whether the
-    transaction was committed with them (``commit``: where the driver can send both at once).
-    ``arrays``: the driver takes one array per column (psycopg 3)."""
+    creating ``savepoint`` if given; returns the new ids in row order. With ``commit`` the
+    transaction is committed with them where the driver can send both at once (the caller's
+    COMMIT then has nothing left to do). ``arrays``: the driver takes one array per column
+    (psycopg 3)."""
     if arrays and (savepoint or commit) and len(rows) <= COMBINED_ROWS:
-        return _insert_combined(connection, rows, savepoint, commit), commit
+        return _insert_combined(connection, rows, savepoint, commit)
     if savepoint:
         with connection.wrap_database_errors:
             cursor = connection.connection.cursor()
@@ -45,7 +46,7 @@ def insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]], *, arra
                 cursor.execute(f"SAVEPOINT {savepoint}")
             finally:
                 cursor.close()
-    return (_insert_postgresql(connection, rows) if arrays else _insert(connection, rows)), False
+    return _insert_postgresql(connection, rows) if arrays else _insert(connection, rows)
 
 
 def _insert(connection: BaseDatabaseWrapper, rows: list[tuple[Any, ...]]) -> list[int]:

@@ -128,9 +128,10 @@ class Publisher:
                         # would outlive the request cycle that closes the others (and block
                         # dropping a test database).
                         outbox.close_connections()
-                self._linger(int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE")))
+                limit = int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE"))
+                self._linger(limit)
                 to_release, self._to_release = self._to_release, []
-                taken = self._take(int(conf.get("DBEVENTS_PUBLISH_BATCH_SIZE")))
+                taken = self._take(limit)
                 size = sum(b.in_memory for b in taken)
                 self._current = taken
                 self._busy = True

@@ -12,7 +12,7 @@ import tracemalloc
 from collections.abc import Sequence
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.test import override_settings
 
@@ -193,14 +193,8 @@ def test_reading_back_leaves_rows_a_relay_took_and_renews_leases_about_to_end():
     OutboxMessage.objects.update(sent_at=None, lease_owner=me, available_at=now + timedelta(seconds=55))
     OutboxMessage.objects.filter(pk=ids[0]).update(lease_owner="relay-1:abcd")          # a relay took it
     OutboxMessage.objects.filter(pk=ids[1]).update(available_at=now + timedelta(seconds=5))  # about to end
-    taken = leases.take_own(connection_alias(), ids, me)
+    taken = leases.take_own(connection.alias, ids, me)
     assert [m.outbox_id for m in taken] == ids[1:]
     renewed = OutboxMessage.objects.get(pk=ids[1]).available_at
     assert renewed > now + timedelta(seconds=50)
     assert OutboxMessage.objects.get(pk=ids[0]).lease_owner == "relay-1:abcd"
-
-
-def connection_alias() -> str:
-    from django.db import connection
-
-    return connection.alias

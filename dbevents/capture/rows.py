@@ -43,8 +43,8 @@ class Rows:
 
     def begin_now(self) -> None:
         """Send the BEGIN of capture's own transaction now if it waits for the statement."""
-        if self.vendor.begin_pending:
-            self._run("", None, fetch=False)
+        if self.vendor.take_begin():
+            self._run("BEGIN", None, fetch=False)
 
     def _run(self, sql: str, params: Any, fetch: bool) -> list[tuple[Any, ...]]:
         conn = self.connection
@@ -54,9 +54,6 @@ class Rows:
             try:
                 if self.vendor.take_begin():
                     cursor.execute("BEGIN")  # capture reads rows before the statement: begin now
-                    self.vendor.began_with_statement = False
-                if not sql:
-                    return []
                 if params is None:
                     cursor.execute(sql)
                 else:

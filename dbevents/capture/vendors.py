@@ -58,7 +58,7 @@ class Vendor:
     relaxed_commit: str | None = None
 
     #: Set by :meth:`begin` where the BEGIN goes out with the transaction's first statement;
-    #: ``began_with_statement`` once it did.
+    #: ``began_with_statement`` once capture sent it in front of the statement.
     begin_pending = False
     began_with_statement = False
 
@@ -78,7 +78,6 @@ class Vendor:
         if not self.begin_pending:
             return ""
         self.begin_pending = False
-        self.began_with_statement = True
         return "BEGIN; "
 
     def transaction_failed(self) -> bool:

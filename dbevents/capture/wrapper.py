@@ -163,6 +163,7 @@ class ConnectionCapture:
             begin = self.vendor.take_begin()   # capture's own transaction starts with this statement
             result = raw.execute(begin + run_sql) if run_params is None else raw.execute(begin + run_sql, run_params)
             if begin:
+                self.vendor.began_with_statement = True
                 raw.nextset()  # the statement's result, after the BEGIN's
             return result
 
